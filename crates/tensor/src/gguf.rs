@@ -235,30 +235,26 @@ impl Gguf {
     /// A zero-copy view of the named tensor.
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
         match self.by_name.get(name) {
-            Some(&index) => Ok(self.view(&self.tensors[index])),
+            Some(&index) => Ok(self.storage.view(&self.file, &self.tensors[index])),
             None => Err(Error::NoSuchTensor { file: self.file.clone(), tensor: name.to_owned() }),
         }
     }
 
     /// Views of every tensor, in file order.
     pub fn iter(&self) -> impl Iterator<Item = TensorView<'_>> {
-        self.tensors.iter().map(|info| self.view(info))
+        self.tensors.iter().map(|info| self.storage.view(&self.file, info))
     }
 
     /// Visits every tensor and releases its pages once `visit` returns (see
     /// [`SafeTensors::stream`](crate::SafeTensors::stream)).
-    pub fn stream<E>(&self, mut visit: impl FnMut(TensorView<'_>) -> Result<(), E>) -> Result<(), E> {
-        for info in &self.tensors {
-            let outcome = visit(self.view(info));
-            self.storage.release(info.offset, info.offset + info.len);
-            outcome?;
-        }
-        Ok(())
+    pub fn stream<E>(&self, visit: impl FnMut(TensorView<'_>) -> Result<(), E>) -> Result<(), E> {
+        self.storage.stream(&self.file, &self.tensors, visit)
     }
 
-    fn view<'a>(&'a self, info: &'a TensorInfo) -> TensorView<'a> {
-        let data = &self.storage.bytes()[info.offset as usize..(info.offset + info.len) as usize];
-        TensorView::new(&self.file, info, data)
+    /// Bytes of the file's mapping resident in this process, where the OS tells (Linux); `None`
+    /// for owned buffers.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        self.storage.resident_bytes()
     }
 }
 

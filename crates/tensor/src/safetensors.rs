@@ -89,37 +89,27 @@ impl SafeTensors {
     /// A zero-copy view of the named tensor.
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
         match self.by_name.get(name) {
-            Some(&index) => Ok(self.view(&self.tensors[index])),
+            Some(&index) => Ok(self.storage.view(&self.file, &self.tensors[index])),
             None => Err(Error::NoSuchTensor { file: self.file.clone(), tensor: name.to_owned() }),
         }
     }
 
     /// Views of every tensor, in file order.
     pub fn iter(&self) -> impl Iterator<Item = TensorView<'_>> {
-        self.tensors.iter().map(|info| self.view(info))
+        self.tensors.iter().map(|info| self.storage.view(&self.file, info))
     }
 
     /// Visits every tensor in file order and releases each tensor's pages from the resident set
     /// once `visit` returns, so a pass over the whole checkpoint keeps about one tensor resident
     /// (the bounded-memory path for streaming transforms). Stops at the first error.
-    pub fn stream<E>(&self, mut visit: impl FnMut(TensorView<'_>) -> Result<(), E>) -> Result<(), E> {
-        for info in &self.tensors {
-            let outcome = visit(self.view(info));
-            self.storage.release(info.offset, info.offset + info.len);
-            outcome?;
-        }
-        Ok(())
+    pub fn stream<E>(&self, visit: impl FnMut(TensorView<'_>) -> Result<(), E>) -> Result<(), E> {
+        self.storage.stream(&self.file, &self.tensors, visit)
     }
 
     /// Bytes of the file's mapping resident in this process, where the OS tells (Linux); `None`
     /// for owned buffers.
     pub fn resident_bytes(&self) -> Option<u64> {
         self.storage.resident_bytes()
-    }
-
-    fn view<'a>(&'a self, info: &'a TensorInfo) -> TensorView<'a> {
-        let data = &self.storage.bytes()[info.offset as usize..(info.offset + info.len) as usize];
-        TensorView::new(&self.file, info, data)
     }
 }
 
@@ -132,9 +122,9 @@ pub(crate) struct Header {
 /// Parses and validates a safetensors header against the whole file's bytes.
 ///
 /// Checks, in order: the length prefix, the header cap, the header fitting in the file, UTF-8,
-/// JSON, duplicate names, each entry (dtype, shape, offsets), the shape product, the byte size
-/// against dtype x shape, bounds, and finally that the ranges tile the data section exactly
-/// (no overlap, no gap, no trailing bytes).
+/// JSON, duplicate names, each entry (dtype, shape, offsets), the shape product, whole blocks
+/// for the sub-byte dtypes, the byte size against dtype x shape, bounds, and finally that the
+/// ranges tile the data section exactly (no overlap, no gap, no trailing bytes).
 pub(crate) fn parse_header(file: &str, bytes: &[u8]) -> Result<Header> {
     let file_len = bytes.len() as u64;
     let truncated = |what: &str, offset: u64, end: u64| Error::Truncated {
@@ -176,6 +166,16 @@ pub(crate) fn parse_header(file: &str, bytes: &[u8]) -> Result<Header> {
                 shape: entry.shape.clone(),
             })?;
         }
+        let block = entry.dtype.layout().elements;
+        if !numel.is_multiple_of(block) {
+            return Err(Error::BlockMisfit {
+                file: file.to_owned(),
+                tensor: name,
+                dtype: entry.dtype.name().to_owned(),
+                shape: entry.shape,
+                block,
+            });
+        }
         let (start, end) = entry.offsets;
         let found = end - start;
         let expected = entry.dtype.byte_len(numel);
@@ -193,7 +193,7 @@ pub(crate) fn parse_header(file: &str, bytes: &[u8]) -> Result<Header> {
             return Err(Error::OutOfBounds {
                 file: file.to_owned(),
                 tensor: name,
-                start: data_start + start,
+                start: data_start.saturating_add(start),
                 end: data_start.saturating_add(end),
                 limit: file_len,
             });

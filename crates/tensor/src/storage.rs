@@ -3,8 +3,8 @@
 use std::fs::File;
 use std::path::Path;
 
-use crate::Result;
 use crate::error::io_error;
+use crate::{Result, TensorInfo, TensorView};
 
 #[derive(Debug)]
 pub(crate) enum Storage {
@@ -34,19 +34,24 @@ impl Storage {
         }
     }
 
-    /// Drops the resident pages of `start..end` from this process (whole pages inside or
-    /// touching the range). Later reads fault them in again from the page cache, so the data
-    /// stays valid; only the resident set shrinks.
+    /// Drops the resident pages around `start..end` from this process. Later reads fault them in
+    /// again from the page cache, so the data stays valid; only the resident set shrinks.
+    ///
+    /// The range is widened to 2 MiB boundaries: on a fault the kernel also maps neighbouring
+    /// cached pages (fault-around, 64 KiB by default), which may belong to tensors released
+    /// before. Releasing the wider window takes those back; a neighbour that is still to come is
+    /// simply faulted in again.
     pub(crate) fn release(&self, start: u64, end: u64) {
+        const WINDOW: u64 = 2 << 20;
         #[cfg(unix)]
         if let Storage::Mapped(map) = self {
-            let page = page_size();
-            let start = (start / page) * page;
-            let end = end.div_ceil(page).saturating_mul(page).min(map.len() as u64);
+            let start = (start / WINDOW) * WINDOW;
+            let end = end.div_ceil(WINDOW).saturating_mul(WINDOW).min(map.len() as u64);
             if end > start {
                 // SAFETY: the mapping is a read-only file mapping (`Mmap`, never `MmapMut`), so
                 // MADV_DONTNEED cannot discard written data: a later access re-reads the same
-                // bytes from the file. The range is clamped to the mapping above.
+                // bytes from the file. `start` is 2 MiB aligned (a multiple of any page size
+                // up to 2 MiB) and the range is clamped to the mapping above.
                 let _ = unsafe {
                     map.unchecked_advise_range(
                         memmap2::UncheckedAdvice::DontNeed,
@@ -59,6 +64,29 @@ impl Storage {
         let _ = (start, end);
     }
 
+    /// A zero-copy view of one validated tensor.
+    pub(crate) fn view<'a>(&'a self, file: &'a str, info: &'a TensorInfo) -> TensorView<'a> {
+        // Parsers only build infos whose ranges lie inside the file.
+        let data = &self.bytes()[info.offset as usize..(info.offset + info.len) as usize];
+        TensorView::new(file, info, data)
+    }
+
+    /// Visits `tensors` in order, releasing each one's pages once `visit` returns, so a pass
+    /// over a whole checkpoint keeps about one tensor resident.
+    pub(crate) fn stream<E>(
+        &self,
+        file: &str,
+        tensors: &[TensorInfo],
+        mut visit: impl FnMut(TensorView<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for info in tensors {
+            let outcome = visit(self.view(file, info));
+            self.release(info.offset, info.offset + info.len);
+            outcome?;
+        }
+        Ok(())
+    }
+
     /// Resident bytes of the mapping in this process (Linux only, from `/proc/self/smaps`).
     pub(crate) fn resident_bytes(&self) -> Option<u64> {
         let Storage::Mapped(map) = self else {
@@ -66,13 +94,6 @@ impl Storage {
         };
         resident_bytes_of(map.as_ptr() as usize)
     }
-}
-
-#[cfg(unix)]
-fn page_size() -> u64 {
-    // 4 KiB pages cover x86_64 and most aarch64 kernels. On a kernel with larger pages the
-    // advice fails with EINVAL and is ignored: memory then stays resident, data stays correct.
-    4096
 }
 
 #[cfg(target_os = "linux")]
