@@ -39,7 +39,7 @@ pub enum Error {
     #[error("{file}: tensor `{tensor}`: unknown dtype `{dtype}`")]
     UnknownDtype { file: String, tensor: String, dtype: String },
 
-    #[error("{file}: tensor `{tensor}`: the element count of shape {shape:?} overflows u64")]
+    #[error("{file}: tensor `{tensor}`: the element count or byte size of shape {shape:?} overflows u64")]
     ShapeOverflow { file: String, tensor: String, shape: Vec<u64> },
 
     #[error("{file}: tensor `{tensor}`: {dtype} x {shape:?} needs {expected} bytes, but its data range holds {found}")]

@@ -512,7 +512,9 @@ impl<'a> Parser<'a> {
                     offset,
                 })?;
                 let count = self.count("array element", element.min_size())?;
-                let mut items = Vec::with_capacity(count as usize);
+                // The count is bounded by the bytes left, but each value takes more memory than its
+                // smallest encoding: grow past a modest start instead of trusting the count.
+                let mut items = Vec::with_capacity((count as usize).min(4096));
                 for _ in 0..count {
                     items.push(self.value(key, element, depth + 1)?);
                 }
