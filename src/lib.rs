@@ -4,4 +4,5 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub use lathe_quant as quant;
 pub use lathe_tensor as tensor;

@@ -1,0 +1,1 @@
+//! Dot products of quantized blocks, the inner loop of quantized GEMV and GEMM.

@@ -1,0 +1,1 @@
+//! x86_64 kernels of the GGML formats.

@@ -1,0 +1,1 @@
+//! Integer linear quantization with compressed-tensors semantics.
