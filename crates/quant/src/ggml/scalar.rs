@@ -225,9 +225,11 @@ pub fn dequantize_block_q3_k(block: &BlockQ3_K, y: &mut [f32; QK_K]) {
             for offset in [0, 16] {
                 let dl = d_all * f32::from(scales[scale_index]);
                 scale_index += 1;
-                for l in offset..offset + 16 {
-                    let high = if block.hmask[l] & mask != 0 { 0 } else { 4 };
-                    let value = ((q[l] >> shift) & 3) as i8 - high;
+                let lows = &q[offset..offset + 16];
+                let highs = &block.hmask[offset..offset + 16];
+                for (&low, &high_bits) in lows.iter().zip(highs) {
+                    let high = if high_bits & mask != 0 { 0 } else { 4 };
+                    let value = ((low >> shift) & 3) as i8 - high;
                     *out.next().expect("256 outputs") = dl * f32::from(value);
                 }
             }
