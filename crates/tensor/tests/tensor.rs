@@ -265,6 +265,23 @@ fn gguf_metadata_tensors_and_views() {
     assert_eq!((q.dtype(), q.bytes().len(), q.info().offset), (Dtype::Q4_0, 18, file.data_start() + 64));
 }
 
+#[test]
+fn gguf_version_2_reads_like_version_3() {
+    // v2 changed no layout that lathe reads (v1 had 32-bit counts and is rejected).
+    let mut bytes = gguf(
+        &[("general.name", 8, [1u64.to_le_bytes().to_vec(), b"x".to_vec()].concat())],
+        &[("w", &[2], 0, 0)],
+        32,
+        &f32_bytes(&[1.0, 2.0]),
+    );
+    bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let file = Gguf::from_bytes("v2.gguf", bytes.clone()).unwrap();
+    assert_eq!(file.version(), 2);
+    assert_eq!(file.tensor("w").unwrap().to_f32().unwrap(), [1.0, 2.0]);
+    bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
+    assert!(matches!(Gguf::from_bytes("v1.gguf", bytes), Err(Error::UnsupportedVersion { version: 1, .. })));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
