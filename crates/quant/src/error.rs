@@ -16,6 +16,15 @@ pub enum Error {
 
     #[error("weight at row {row}, column {col} is {value}: quantization needs finite weights")]
     NonFinite { row: usize, col: usize, value: f32 },
+
+    #[error("a {rows} x {cols} matrix is too large to address")]
+    TooLarge { rows: usize, cols: usize },
+
+    #[error("{what} holds {found} values, but {expected} are needed")]
+    LengthMismatch { what: &'static str, expected: usize, found: usize },
+
+    #[error("{what} value {value} at index {index} is outside {min}..={max}")]
+    OutOfRange { what: &'static str, index: usize, value: i64, min: i64, max: i64 },
 }
 
 /// `Result` with lathe-quant's [`Error`].

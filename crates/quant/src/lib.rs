@@ -25,3 +25,4 @@ mod scheme;
 
 pub use error::{Error, Result};
 pub use isa::Isa;
+pub use scheme::{Bits, Granularity, IntScheme, Scheme};
