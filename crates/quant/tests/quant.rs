@@ -80,3 +80,277 @@ fn q5_0_and_q5_1_are_byte_identical_with_the_gguf_package() {
     check_format("Q5_0", ggml::quantize_q5_0, ggml::dequantize_q5_0);
     check_format("Q5_1", ggml::quantize_q5_1, ggml::dequantize_q5_1);
 }
+
+/// Every GGML kernel table against the scalar one, bit for bit; the AVX2 table is tested
+/// whenever this CPU has it, whatever `LATHE_FORCE_ISA` says.
+mod ggml_kernels_match_scalar {
+    use lathe_quant::Isa;
+    use lathe_quant::ggml::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Kernels, QK};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
+
+    #[test]
+    fn kernels_report_their_isa() {
+        for isa in Isa::supported() {
+            assert_eq!(ggml::kernels(isa).expect("a supported isa has kernels").isa, isa);
+        }
+        assert_eq!(ggml::kernels(Isa::Avx2).is_some(), Isa::Avx2.is_supported());
+    }
+
+    /// The tables other than scalar's that this CPU runs.
+    fn simd_tables() -> Vec<&'static Kernels> {
+        Isa::supported().into_iter().filter(|&isa| isa != Isa::Scalar).filter_map(ggml::kernels).collect()
+    }
+
+    fn scalar() -> &'static Kernels {
+        ggml::kernels(Isa::Scalar).expect("scalar always runs")
+    }
+
+    /// Values whose quantization is easy to get subtly wrong.
+    const SPECIAL: &[f32] = &[
+        0.0,
+        -0.0,
+        0.5,
+        -0.5,
+        1.5,
+        -2.5,
+        127.5,
+        -8.5,
+        1.0,
+        -1.0,
+        f32::MIN_POSITIVE,
+        -f32::MIN_POSITIVE,
+        1e-45,
+        -1e-45,
+        3e-39,
+        -1e-40,
+        f32::MAX / 2.0,
+        -f32::MAX / 2.0,
+        f32::MAX,
+        -f32::MAX,
+    ];
+
+    fn finite_value() -> BoxedStrategy<f32> {
+        prop_oneof![
+            6 => -4.0f32..4.0,
+            2 => prop::sample::select(SPECIAL),
+            // Multiples of 1/2 and 1/16: exact rounding ties once scaled.
+            2 => (-64i32..=64).prop_map(|k| k as f32 / 2.0),
+            1 => (-256i32..=256).prop_map(|k| k as f32 / 16.0),
+            1 => prop::num::f32::NORMAL | prop::num::f32::SUBNORMAL | prop::num::f32::ZERO | prop::num::f32::POSITIVE
+                | prop::num::f32::NEGATIVE,
+        ]
+        .boxed()
+    }
+
+    fn any_value() -> BoxedStrategy<f32> {
+        prop_oneof![
+            8 => finite_value(),
+            1 => prop::sample::select(&[f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY][..]),
+            // NaNs with arbitrary payloads.
+            1 => any::<u32>().prop_map(|bits| f32::from_bits(bits | 0x7f80_0001)),
+        ]
+        .boxed()
+    }
+
+    /// One block of 32 values, drawn whole from shapes that stress the reductions.
+    fn block(value: BoxedStrategy<f32>) -> BoxedStrategy<Vec<f32>> {
+        prop_oneof![
+            6 => vec(value.clone(), QK),
+            1 => value.clone().prop_map(|v| vec![v; QK]),
+            1 => Just(vec![0.0; QK]),
+            // Zeros of both signs among non-negative (or non-positive) values: a zero extreme.
+            1 => (vec(prop::sample::select(&[0.0f32, -0.0, 1.0, 3.0][..]), QK), any::<bool>())
+                .prop_map(|(v, negate)| if negate { v.into_iter().map(|x| -x).collect() } else { v }),
+            // One huge outlier.
+            1 => (vec(-1.0f32..1.0, QK), 0..QK, prop::sample::select(&[1e30f32, -1e30, f32::MAX, -3e38][..]))
+                .prop_map(|(mut v, at, outlier)| { v[at] = outlier; v }),
+            // The largest magnitude with both signs, in either order.
+            1 => (vec(-1.0f32..1.0, QK), 0..QK, 0..QK, 1.0f32..100.0).prop_map(|(mut v, i, j, a)| {
+                v[i] = a;
+                v[j] = -a;
+                v
+            }),
+            // Tiny blocks, whose scales are subnormal or whose inverses overflow.
+            1 => (vec(-1.0f32..1.0, QK), prop::sample::select(&[1e-36f32, 1e-38, 1e-40, 1e-43][..]))
+                .prop_map(|(v, scale)| v.into_iter().map(|x| x * scale).collect()),
+        ]
+        .boxed()
+    }
+
+    /// 0 to 9 blocks (one group of eight, a partial one, or both), at a misaligned offset inside
+    /// a bigger buffer.
+    fn input(value: BoxedStrategy<f32>) -> impl Strategy<Value = (Vec<f32>, usize, usize)> {
+        (vec(block(value), 0..=9), 0usize..8).prop_map(|(blocks, offset)| {
+            let n_blocks = blocks.len();
+            let mut buffer = vec![7.0f32; offset];
+            buffer.extend(blocks.into_iter().flatten());
+            buffer.extend([7.0f32; 5]);
+            (buffer, offset, n_blocks)
+        })
+    }
+
+    fn check_quantize<B: bytemuck::Pod>(
+        name: &str,
+        src: &[f32],
+        n_blocks: usize,
+        ours: fn(&[f32], &mut [B]),
+        reference: fn(&[f32], &mut [B]),
+    ) -> Result<(), TestCaseError> {
+        // Blocks land at an offset too, and the guard blocks around them must survive.
+        let mut expected = vec![B::zeroed(); n_blocks];
+        reference(src, &mut expected);
+        let mut actual = vec![B::zeroed(); n_blocks + 2];
+        ours(src, &mut actual[1..=n_blocks]);
+        let block_bytes = std::mem::size_of::<B>();
+        let (expected, actual): (&[u8], &[u8]) = (bytemuck::cast_slice(&expected), bytemuck::cast_slice(&actual));
+        prop_assert!(actual[..block_bytes].iter().chain(&actual[(n_blocks + 1) * block_bytes..]).all(|&b| b == 0));
+        for (block, (a, e)) in actual[block_bytes..].chunks(block_bytes).zip(expected.chunks(block_bytes)).enumerate() {
+            prop_assert_eq!(a, e, "{}: block {} differs from scalar for {:?}", name, block, &src[block * QK..][..QK]);
+        }
+        Ok(())
+    }
+
+    /// Dequantizes with both and compares every value bit for bit; where scalar gives NaN (only
+    /// from a NaN or infinite scale), the other must give NaN too, payload unspecified.
+    fn check_dequantize<B: bytemuck::Pod>(
+        name: &str,
+        blocks: &[B],
+        ours: fn(&[B], &mut [f32]),
+        reference: fn(&[B], &mut [f32]),
+        offset: usize,
+    ) -> Result<(), TestCaseError> {
+        let n_values = blocks.len() * QK;
+        let mut expected = vec![0.0f32; n_values];
+        reference(blocks, &mut expected);
+        let mut actual = vec![-1.0f32; offset + n_values + 3];
+        ours(blocks, &mut actual[offset..offset + n_values]);
+        prop_assert!(actual[..offset].iter().chain(&actual[offset + n_values..]).all(|&v| v == -1.0));
+        for (i, (a, e)) in actual[offset..offset + n_values].iter().zip(&expected).enumerate() {
+            if e.is_nan() {
+                prop_assert!(a.is_nan(), "{}: value {} is {} where scalar gives NaN", name, i, a);
+            } else {
+                prop_assert_eq!(a.to_bits(), e.to_bits(), "{}: value {}: {} vs scalar {}", name, i, a, e);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_all_quantizers(simd: &Kernels, src: &[f32], n_blocks: usize) -> Result<(), TestCaseError> {
+        let scalar = scalar();
+        check_quantize::<BlockQ8_0>("quantize_q8_0", src, n_blocks, simd.quantize_q8_0, scalar.quantize_q8_0)?;
+        check_quantize::<BlockQ8_1>("quantize_q8_1", src, n_blocks, simd.quantize_q8_1, scalar.quantize_q8_1)?;
+        check_quantize::<BlockQ4_0>("quantize_q4_0", src, n_blocks, simd.quantize_q4_0, scalar.quantize_q4_0)?;
+        check_quantize::<BlockQ4_1>("quantize_q4_1", src, n_blocks, simd.quantize_q4_1, scalar.quantize_q4_1)?;
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn quantizers_match_scalar_on_finite_input((buffer, offset, n_blocks) in input(finite_value())) {
+            for simd in simd_tables() {
+                let src = &buffer[offset..offset + n_blocks * QK];
+                check_all_quantizers(simd, src, n_blocks)?;
+                // Round trips go through blocks with every scale the quantizers produce.
+                let scalar = scalar();
+                let mut blocks = vec![BlockQ8_0::zeroed(); n_blocks];
+                (scalar.quantize_q8_0)(src, &mut blocks);
+                check_dequantize("dequantize_q8_0", &blocks, simd.dequantize_q8_0, scalar.dequantize_q8_0, offset)?;
+                let mut blocks = vec![BlockQ4_0::zeroed(); n_blocks];
+                (scalar.quantize_q4_0)(src, &mut blocks);
+                check_dequantize("dequantize_q4_0", &blocks, simd.dequantize_q4_0, scalar.dequantize_q4_0, offset)?;
+                let mut blocks = vec![BlockQ4_1::zeroed(); n_blocks];
+                (scalar.quantize_q4_1)(src, &mut blocks);
+                check_dequantize("dequantize_q4_1", &blocks, simd.dequantize_q4_1, scalar.dequantize_q4_1, offset)?;
+            }
+        }
+
+        #[test]
+        fn quantizers_match_scalar_on_nan_and_infinities((buffer, offset, n_blocks) in input(any_value())) {
+            for simd in simd_tables() {
+                check_all_quantizers(simd, &buffer[offset..offset + n_blocks * QK], n_blocks)?;
+            }
+        }
+
+        /// Arbitrary bytes: every f16 scale, including subnormals, infinities and NaN.
+        #[test]
+        fn dequantizers_match_scalar_on_any_bytes(
+            bytes in vec(any::<u8>(), 0..=9 * std::mem::size_of::<BlockQ4_1>()),
+            offset in 0usize..8,
+        ) {
+            let scalar = scalar();
+            for simd in simd_tables() {
+                let n_q8 = bytes.len() / std::mem::size_of::<BlockQ8_0>() * std::mem::size_of::<BlockQ8_0>();
+                let q8: Vec<BlockQ8_0> = bytemuck::pod_collect_to_vec(&bytes[..n_q8]);
+                check_dequantize("dequantize_q8_0", &q8, simd.dequantize_q8_0, scalar.dequantize_q8_0, offset)?;
+                let n_q4_0 = bytes.len() / std::mem::size_of::<BlockQ4_0>() * std::mem::size_of::<BlockQ4_0>();
+                let q4_0: Vec<BlockQ4_0> = bytemuck::pod_collect_to_vec(&bytes[..n_q4_0]);
+                check_dequantize("dequantize_q4_0", &q4_0, simd.dequantize_q4_0, scalar.dequantize_q4_0, offset)?;
+                let n_q4_1 = bytes.len() / std::mem::size_of::<BlockQ4_1>() * std::mem::size_of::<BlockQ4_1>();
+                let q4_1: Vec<BlockQ4_1> = bytemuck::pod_collect_to_vec(&bytes[..n_q4_1]);
+                check_dequantize("dequantize_q4_1", &q4_1, simd.dequantize_q4_1, scalar.dequantize_q4_1, offset)?;
+            }
+        }
+    }
+
+    /// Groups of eight blocks plus a tail, well past what the property tests draw.
+    #[test]
+    fn long_slices_match_scalar() {
+        let n_blocks = 8 * 37 + 5;
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let src: Vec<f32> = (0..n_blocks * QK)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
+            })
+            .collect();
+        for simd in simd_tables() {
+            check_all_quantizers(simd, &src, n_blocks).unwrap();
+        }
+    }
+
+    /// Blocks whose scale is exactly 1, so every value sits where it is rounded: on, one ulp
+    /// below and one ulp above each half-integer tie, for Q8 (`round`) and Q4 (`+ 8.5` or `+ 0.5`,
+    /// then truncation).
+    #[test]
+    fn values_next_to_rounding_ties_match_scalar() {
+        let mut src = Vec::new();
+        for (amax, low, high) in [(127.0f32, -127, 127), (-8.0, -8, 8), (15.0, 0, 15)] {
+            let mut values: Vec<f32> = (low..high)
+                .flat_map(|k| {
+                    let tie = k as f32 + 0.5;
+                    [tie, tie.next_down(), tie.next_up(), tie - 8.5, (tie - 8.5).next_down(), (tie - 8.5).next_up()]
+                })
+                .filter(|v| v.abs() <= amax.abs())
+                .collect();
+            // Each block: the value fixing the scale (and a zero minimum for Q4_1), then 30 probes.
+            for chunk in values.chunks_mut(30) {
+                src.extend([amax, 0.0]);
+                src.extend(chunk.iter().copied());
+                src.extend(std::iter::repeat_n(0.0, 30 - chunk.len()));
+            }
+        }
+        for simd in simd_tables() {
+            check_all_quantizers(simd, &src, src.len() / QK).unwrap();
+        }
+    }
+
+    #[test]
+    fn mismatched_lengths_panic_in_every_table() {
+        for isa in Isa::supported() {
+            let kernels = ggml::kernels(isa).unwrap();
+            let quantize = std::panic::catch_unwind(|| (kernels.quantize_q4_0)(&[0.0; 33], &mut [BlockQ4_0::zeroed()]));
+            assert!(quantize.is_err(), "{isa:?}: quantize_q4_0 accepted 33 values for one block");
+            let dequantize =
+                std::panic::catch_unwind(|| (kernels.dequantize_q8_0)(&[BlockQ8_0::zeroed()], &mut [0.0; 31]));
+            assert!(dequantize.is_err(), "{isa:?}: dequantize_q8_0 accepted 31 outputs for one block");
+        }
+    }
+
+    use bytemuck::Zeroable;
+}

@@ -45,6 +45,9 @@ const SCALAR: Kernels = Kernels {
 pub fn kernels(isa: Isa) -> Option<&'static Kernels> {
     match isa {
         Isa::Scalar => Some(&SCALAR),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86_64::avx2::kernels(),
+        #[cfg(not(target_arch = "x86_64"))]
         Isa::Avx2 => None,
     }
 }

@@ -1,0 +1,586 @@
+//! AVX2 + FMA + F16C kernels of the GGML formats, bit-identical with [`crate::ggml::scalar`].
+//!
+//! Every kernel here is a private `#[target_feature]` function; the only way in is the table
+//! that [`kernels`] returns after detection.
+//!
+//! Quantizers work on groups of eight blocks so that the per-block reductions (absolute
+//! maximum, signed extremes) and the scales they give sit one block per lane of a single vector:
+//! two divisions and one f16 conversion per group, no scalar work per block. The last, partial
+//! group runs padded with zeros and its padding blocks are discarded. Each group is one long
+//! dependency chain, so the quantizers prefetch a few groups ahead (twice the DRAM throughput).
+//! Dequantizers go block by block.
+//!
+//! Exactness, lane by lane against the scalar code:
+//! - The f32 operations are the scalar ones in the scalar order: `x * id` then `+ 8.5` (never an
+//!   FMA), `id = 1 / d` by true division, `(x - min) * id + 0.5`, `q * d + m`.
+//! - `round()` (ties away from zero) is `trunc(p + copysign(0.49999997, p))`, with the sum rounded
+//!   to nearest: exact for every f32 (checked exhaustively over all 2^32 inputs).
+//! - `as i8` saturates and maps NaN to 0: NaN lanes are zeroed, the top is clamped in f32 and the
+//!   bottom saturates in the `packs` to i8. Q8 groups with finite input and normal (or zero)
+//!   scales, the usual case, skip both: their products cannot leave `-127.5..127.5`.
+//! - `f16::from_f32` is `vcvtps2ph` with round-to-nearest-even, which half itself uses on F16C
+//!   machines and which equals half's software conversion for all 2^32 inputs (checked
+//!   exhaustively, NaN payloads included); `to_f32` is `vcvtph2ps`.
+//! - Reductions run in a different order than the scalar folds. Maxima and minima do not depend
+//!   on order except for which of several equal values is kept, which matters in two places,
+//!   both handled exactly by a scalar scan of the (rare) blocks concerned: Q4_0 keeps the sign of
+//!   the *first* value of largest magnitude (when both `+a` and `-a` are at the top), and Q4_1
+//!   keeps the first of `+0.0` and `-0.0` when the minimum or maximum is zero.
+//!
+//! Non-finite input: quantizers follow the scalar semantics for NaN and infinities too (NaN is
+//! skipped by the reductions and quantizes to 0, infinities saturate), and the property tests
+//! check them byte for byte. Dequantizers give identical bits wherever the scalar result is a
+//! number; where it is NaN (a NaN or infinite f16 scale or minimum) they give NaN too, but when
+//! both operands of Q4_1's `q * d + m` are NaN, which payload survives is unspecified.
+
+use core::arch::x86_64::*;
+
+use bytemuck::Zeroable;
+use half::f16;
+
+use crate::Isa;
+use crate::ggml::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Kernels, QK};
+
+/// Blocks per quantizer iteration: one block per f32 lane.
+const GROUP: usize = 8;
+/// Values per quantizer iteration.
+const GROUP_LEN: usize = GROUP * QK;
+
+/// The AVX2 kernels, or `None` when this CPU lacks AVX2, FMA or F16C.
+pub(crate) fn kernels() -> Option<&'static Kernels> {
+    // The safe entry points are nested here so that nothing else can name them: the only way to
+    // call them is through `AVX2`, which is handed out below only after detection.
+    macro_rules! entry_points {
+        ($( $name:ident($src:ty, $dst:ty); )*) => {$(
+            pub(super) fn $name(src: $src, dst: $dst) {
+                // SAFETY: reachable only through `AVX2`, returned below only when
+                // `Isa::Avx2.is_supported()` found AVX2, FMA and F16C on this CPU.
+                unsafe { super::$name(src, dst) }
+            }
+        )*};
+    }
+    mod entry {
+        use super::*;
+        entry_points! {
+            quantize_q8_0(&[f32], &mut [BlockQ8_0]);
+            dequantize_q8_0(&[BlockQ8_0], &mut [f32]);
+            quantize_q8_1(&[f32], &mut [BlockQ8_1]);
+            quantize_q4_0(&[f32], &mut [BlockQ4_0]);
+            dequantize_q4_0(&[BlockQ4_0], &mut [f32]);
+            quantize_q4_1(&[f32], &mut [BlockQ4_1]);
+            dequantize_q4_1(&[BlockQ4_1], &mut [f32]);
+        }
+    }
+    static AVX2: Kernels = Kernels {
+        isa: Isa::Avx2,
+        quantize_q8_0: entry::quantize_q8_0,
+        dequantize_q8_0: entry::dequantize_q8_0,
+        quantize_q8_1: entry::quantize_q8_1,
+        quantize_q4_0: entry::quantize_q4_0,
+        dequantize_q4_0: entry::dequantize_q4_0,
+        quantize_q4_1: entry::quantize_q4_1,
+        dequantize_q4_1: entry::dequantize_q4_1,
+    };
+    Isa::Avx2.is_supported().then_some(&AVX2)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers. All are `#[inline]` and share the kernels' features, so they fold into them.
+
+/// The f32 sign bit.
+const SIGN: f32 = -0.0;
+/// The largest f32 below 0.5: adding it with its sign and truncating rounds half away from zero.
+const BELOW_HALF: f32 = 0.499_999_97;
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load(x: &[f32; 8]) -> __m256 {
+    // SAFETY: `x` is eight readable f32s and the load is unaligned.
+    unsafe { _mm256_loadu_ps(x.as_ptr()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn store(y: &mut [f32; 8], v: __m256) {
+    // SAFETY: `y` is eight writable f32s and the store is unaligned.
+    unsafe { _mm256_storeu_ps(y.as_mut_ptr(), v) }
+}
+
+/// The four vectors of block `b` of a group.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn block_vectors(x: &[f32; GROUP_LEN], b: usize) -> [__m256; 4] {
+    let (block, _) = x.as_chunks::<QK>();
+    let (v, _) = block[b].as_chunks::<8>();
+    [load(&v[0]), load(&v[1]), load(&v[2]), load(&v[3])]
+}
+
+/// Lane `b` of `v`, in every lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn broadcast(v: __m256, b: usize) -> __m256 {
+    _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(b as i32))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn max_i32(a: __m256, b: __m256) -> __m256 {
+    _mm256_castsi256_ps(_mm256_max_epi32(_mm256_castps_si256(a), _mm256_castps_si256(b)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn add_i32(a: __m256, b: __m256) -> __m256 {
+    _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(a), _mm256_castps_si256(b)))
+}
+
+macro_rules! transpose_reduce {
+    ($( $(#[$doc:meta])* $name:ident = $op:ident; )*) => {$(
+        $(#[$doc])*
+        /// Lane `b` of the result reduces the eight lanes of `v[b]`.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        fn $name(v: [__m256; 8]) -> __m256 {
+            // Pairs of vectors: lanes (0, 2) and (1, 3) of each 128-bit half.
+            let v01 = $op(_mm256_unpacklo_ps(v[0], v[1]), _mm256_unpackhi_ps(v[0], v[1]));
+            let v23 = $op(_mm256_unpacklo_ps(v[2], v[3]), _mm256_unpackhi_ps(v[2], v[3]));
+            let v45 = $op(_mm256_unpacklo_ps(v[4], v[5]), _mm256_unpackhi_ps(v[4], v[5]));
+            let v67 = $op(_mm256_unpacklo_ps(v[6], v[7]), _mm256_unpackhi_ps(v[6], v[7]));
+            // Quadruples: one lane per vector and 128-bit half.
+            let v0123 = $op(_mm256_shuffle_ps::<0x44>(v01, v23), _mm256_shuffle_ps::<0xee>(v01, v23));
+            let v4567 = $op(_mm256_shuffle_ps::<0x44>(v45, v67), _mm256_shuffle_ps::<0xee>(v45, v67));
+            // The two halves.
+            $op(_mm256_permute2f128_ps::<0x20>(v0123, v4567), _mm256_permute2f128_ps::<0x31>(v0123, v4567))
+        }
+    )*};
+}
+
+transpose_reduce! {
+    /// Maximum of NaN-free lanes.
+    reduce_max = _mm256_max_ps;
+    /// Minimum of NaN-free lanes.
+    reduce_min = _mm256_min_ps;
+    /// Maximum of i32 lanes.
+    reduce_max_i32 = max_i32;
+    /// Wrapping sum of i32 lanes.
+    reduce_add_i32 = add_i32;
+}
+
+/// `if d != 0.0 { 1.0 / d } else { 0.0 }` (so NaN gives `1.0 / NaN`, as `!=` is true for NaN).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn scale_inverse(d: __m256) -> __m256 {
+    let nonzero = _mm256_cmp_ps::<_CMP_NEQ_UQ>(d, _mm256_setzero_ps());
+    _mm256_and_ps(nonzero, _mm256_div_ps(_mm256_set1_ps(1.0), d))
+}
+
+/// `f16::from_f32(v).to_bits()` per lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn f16_bits(v: __m256) -> [u16; 8] {
+    bytemuck::cast(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
+}
+
+/// `f16::to_f32`, in every lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn broadcast_f16(h: f16) -> __m256 {
+    _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits()))))
+}
+
+/// Zeroes NaN lanes, as `NaN as i8 == 0`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn zero_nan(v: __m256) -> __m256 {
+    _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v))
+}
+
+/// `p.round() as i8` per lane, before the saturating pack: lanes within `-128..=127` are exact,
+/// lanes below saturate to -128 in [`pack_i8`].
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn round_q8(p: __m256) -> __m256i {
+    // Clamping before rounding is the same as after: the bound is an integer.
+    round_q8_plain(_mm256_min_ps(_mm256_set1_ps(127.0), zero_nan(p)))
+}
+
+/// [`round_q8`] for lanes known to be numbers below 127.5 in magnitude: `trunc(p +
+/// copysign(0.49999997, p))`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn round_q8_plain(p: __m256) -> __m256i {
+    let below_half = _mm256_or_ps(_mm256_and_ps(p, _mm256_set1_ps(SIGN)), _mm256_set1_ps(BELOW_HALF));
+    _mm256_cvttps_epi32(_mm256_add_ps(p, below_half))
+}
+
+/// `(t as i8).min(15)` per lane, before the saturating pack (as [`round_q8`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn truncate_q4(t: __m256) -> __m256i {
+    _mm256_cvttps_epi32(_mm256_min_ps(_mm256_set1_ps(15.0), zero_nan(t)))
+}
+
+/// Packs a block's four i32 vectors to i8 with signed saturation. The 32-bit groups come out as
+/// elements `[0..4, 8..12, 16..20, 24..28, 4..8, 12..16, 20..24, 28..32]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn pack_i8(q: [__m256i; 4]) -> __m256i {
+    _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]))
+}
+
+/// The 32 bytes of [`pack_i8`] in element order.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn in_order(packed: __m256i) -> __m256i {
+    _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// The 16 bytes `q[j] as u8 | (q[j + 16] as u8) << 4` (wrapping u8 arithmetic, as the scalar
+/// code) of a block's four i32 vectors.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn pack_nibbles(q: [__m256i; 4]) -> __m128i {
+    // Each 128-bit half of `pack_i8` holds 8 elements below 16, then their partners 16 further.
+    let bytes = pack_i8(q);
+    let high = _mm256_and_si256(_mm256_slli_epi16::<4>(_mm256_srli_si256::<8>(bytes)), _mm256_set1_epi8(0xf0u8 as i8));
+    let packed = _mm256_or_si256(bytes, high);
+    // The low 8 bytes of each half are output bytes [0..4, 8..12] and [4..8, 12..16].
+    _mm_unpacklo_epi32(_mm256_castsi256_si128(packed), _mm256_extracti128_si256::<1>(packed))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn store_32(dst: &mut [i8; QK], v: __m256i) {
+    // SAFETY: `dst` is 32 writable bytes and the store is unaligned.
+    unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn store_16(dst: &mut [u8; QK / 2], v: __m128i) {
+    // SAFETY: `dst` is 16 writable bytes and the store is unaligned.
+    unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), v) }
+}
+
+/// Eight bytes widened to i32 lanes, sign- or zero-extended.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load_8_bytes(bytes: &[u8; 8]) -> __m128i {
+    // SAFETY: `bytes` is 8 readable bytes; `movq` has no alignment requirement.
+    unsafe { _mm_loadl_epi64(bytes.as_ptr().cast()) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantizers.
+
+/// How many groups ahead the quantizers prefetch: each group is a long dependency chain
+/// (reductions, two divisions, rounding), which leaves the hardware prefetchers too few misses in
+/// flight to stream from DRAM.
+const PREFETCH_GROUPS: usize = 4;
+
+/// Prefetches group `group` of `src` into L1, if it exists.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch_group(src: &[f32], group: usize) {
+    if let Some(x) = src.get(group * GROUP_LEN..(group + 1) * GROUP_LEN) {
+        for line in x.chunks_exact(16) {
+            _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+        }
+    }
+}
+
+/// Generates a slice quantizer over groups of [`GROUP`] blocks, padding the last group.
+macro_rules! group_quantizer {
+    ($( $name:ident: $block:ty = $group:ident; )*) => {$(
+        /// Checks the lengths, then quantizes group by group.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn $name(src: &[f32], dst: &mut [$block]) {
+            assert_eq!(src.len(), dst.len() * QK, "source length must be 32 times the block count");
+            let (groups, src_tail) = src.as_chunks::<GROUP_LEN>();
+            let (dst_groups, dst_tail) = dst.as_chunks_mut::<GROUP>();
+            for (i, (x, out)) in groups.iter().zip(dst_groups).enumerate() {
+                prefetch_group(src, i + PREFETCH_GROUPS);
+                $group(x, out);
+            }
+            if !dst_tail.is_empty() {
+                // Padding with zeros keeps one code path; the padding blocks are discarded.
+                let mut x = [0.0f32; GROUP_LEN];
+                x[..src_tail.len()].copy_from_slice(src_tail);
+                let mut out = [<$block>::zeroed(); GROUP];
+                $group(&x, &mut out);
+                dst_tail.copy_from_slice(&out[..dst_tail.len()]);
+            }
+        }
+    )*};
+}
+
+group_quantizer! {
+    quantize_q8_0: BlockQ8_0 = quantize_group_q8_0;
+    quantize_q8_1: BlockQ8_1 = quantize_group_q8_1;
+    quantize_q4_0: BlockQ4_0 = quantize_group_q4_0;
+    quantize_q4_1: BlockQ4_1 = quantize_group_q4_1;
+}
+
+/// The per-block scales of Q8_0 and Q8_1, one block per lane.
+struct Q8Scales {
+    /// `amax / 127`, unrounded.
+    d: __m256,
+    /// `1 / d`, or 0.
+    id: __m256,
+    /// Whether every `x * id` is a number within 127.5 of zero, so that rounding needs no clamp
+    /// and no NaN handling: all inputs finite, and every `d` zero or normal. (With a normal `d`,
+    /// `|x * id| <= amax * id <= 127 * (1 + 2^-23)`; a subnormal `d` is imprecise or has an
+    /// infinite inverse.)
+    plain: bool,
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q8_scales(x: &[f32; GROUP_LEN]) -> Q8Scales {
+    // The absolute maximum as an integer maximum of the magnitude bits: finite magnitudes order
+    // as their bits do, and NaN sorts above infinity, which flags non-finite input for free.
+    let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let mut amax = [_mm256_setzero_ps(); GROUP];
+    for (b, amax) in amax.iter_mut().enumerate() {
+        for v in block_vectors(x, b) {
+            *amax = max_i32(_mm256_and_ps(v, magnitude), *amax);
+        }
+    }
+    let amax = reduce_max_i32(amax);
+    let non_finite = _mm256_cmpgt_epi32(_mm256_castps_si256(amax), _mm256_set1_epi32(0x7f7f_ffff));
+    let finite = _mm256_movemask_epi8(non_finite) == 0;
+    let amax = if finite { amax } else { amax_skipping_nan(x) };
+    let d = _mm256_div_ps(amax, _mm256_set1_ps(127.0));
+    let subnormal = _mm256_and_ps(
+        _mm256_cmp_ps::<_CMP_NEQ_OQ>(d, _mm256_setzero_ps()),
+        _mm256_cmp_ps::<_CMP_LT_OQ>(d, _mm256_set1_ps(f32::MIN_POSITIVE)),
+    );
+    Q8Scales { d, id: scale_inverse(d), plain: finite && _mm256_movemask_ps(subnormal) == 0 }
+}
+
+/// The absolute maximum per block as the scalar fold takes it, NaN skipped, for groups holding
+/// NaN or infinities.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[cold]
+fn amax_skipping_nan(x: &[f32; GROUP_LEN]) -> __m256 {
+    let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let mut amax = [_mm256_setzero_ps(); GROUP];
+    for (b, amax) in amax.iter_mut().enumerate() {
+        for v in block_vectors(x, b) {
+            // `max_ps(v, acc)` returns `acc` when `v` is NaN, as `f32::max` skips NaN.
+            *amax = _mm256_max_ps(_mm256_and_ps(v, magnitude), *amax);
+        }
+    }
+    reduce_max(amax)
+}
+
+/// The 32 values of block `b` as i8 in pack order (see [`pack_i8`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q8_values(x: &[f32; GROUP_LEN], b: usize, scales: &Q8Scales) -> __m256i {
+    let id = broadcast(scales.id, b);
+    let v = block_vectors(x, b);
+    let p = [_mm256_mul_ps(v[0], id), _mm256_mul_ps(v[1], id), _mm256_mul_ps(v[2], id), _mm256_mul_ps(v[3], id)];
+    if scales.plain {
+        pack_i8([round_q8_plain(p[0]), round_q8_plain(p[1]), round_q8_plain(p[2]), round_q8_plain(p[3])])
+    } else {
+        pack_i8([round_q8(p[0]), round_q8(p[1]), round_q8(p[2]), round_q8(p[3])])
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_group_q8_0(x: &[f32; GROUP_LEN], out: &mut [BlockQ8_0; GROUP]) {
+    let scales = q8_scales(x);
+    let d = f16_bits(scales.d);
+    for (b, block) in out.iter_mut().enumerate() {
+        store_32(&mut block.qs, in_order(q8_values(x, b, &scales)));
+        block.d = f16::from_bits(d[b]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_group_q8_1(x: &[f32; GROUP_LEN], out: &mut [BlockQ8_1; GROUP]) {
+    let scales = q8_scales(x);
+    let (ones_u8, ones_i16) = (_mm256_set1_epi8(1), _mm256_set1_epi16(1));
+    let mut sums = [_mm256_setzero_ps(); GROUP];
+    for (b, (block, sum)) in out.iter_mut().zip(&mut sums).enumerate() {
+        let q = q8_values(x, b, &scales);
+        *sum = _mm256_castsi256_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ones_u8, q), ones_i16));
+        store_32(&mut block.qs, in_order(q));
+    }
+    // `sum as f32 * d` with the unrounded `d`; the sums (at most 32 * 128) convert exactly.
+    let s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_castps_si256(reduce_add_i32(sums))), scales.d);
+    let (d, s) = (f16_bits(scales.d), f16_bits(s));
+    for (b, block) in out.iter_mut().enumerate() {
+        block.d = f16::from_bits(d[b]);
+        block.s = f16::from_bits(s[b]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_group_q4_0(x: &[f32; GROUP_LEN], out: &mut [BlockQ4_0; GROUP]) {
+    // The scalar code keeps the first value of largest magnitude, with its sign. Per block, the
+    // largest value `high` (at least 0) and the smallest `low` (at most 0), NaN skipped, decide
+    // it unless `high == -low != 0`: then both signs occur at the top and order decides.
+    let zero = _mm256_setzero_ps();
+    let (mut highs, mut lows) = ([zero; GROUP], [zero; GROUP]);
+    for (b, (high, low)) in highs.iter_mut().zip(&mut lows).enumerate() {
+        for v in block_vectors(x, b) {
+            *high = _mm256_max_ps(v, *high);
+            *low = _mm256_min_ps(v, *low);
+        }
+    }
+    let (high, low) = (reduce_max(highs), reduce_min(lows));
+    let minus_low = _mm256_xor_ps(low, _mm256_set1_ps(SIGN));
+    let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(high, minus_low);
+    let negative = _mm256_cmp_ps::<_CMP_GT_OQ>(minus_low, high);
+    // Neither: all zero (the scalar `max` stays +0.0) or a tie.
+    let mut max = _mm256_or_ps(_mm256_and_ps(positive, high), _mm256_and_ps(negative, low));
+    let tie = _mm256_andnot_ps(_mm256_or_ps(positive, negative), _mm256_cmp_ps::<_CMP_NEQ_OQ>(high, zero));
+    let ties = _mm256_movemask_ps(tie);
+    if ties != 0 {
+        let mut max_lanes: [f32; 8] = bytemuck::cast(max);
+        first_of_magnitude(x, ties, bytemuck::cast(high), &mut max_lanes);
+        max = bytemuck::cast(max_lanes);
+    }
+
+    let d = _mm256_div_ps(max, _mm256_set1_ps(-8.0));
+    let id = scale_inverse(d);
+    let d = f16_bits(d);
+    let bias = _mm256_set1_ps(8.5);
+    for (b, block) in out.iter_mut().enumerate() {
+        let id = broadcast(id, b);
+        let v = block_vectors(x, b);
+        let q = |v: __m256| truncate_q4(_mm256_add_ps(_mm256_mul_ps(v, id), bias));
+        store_16(&mut block.qs, pack_nibbles([q(v[0]), q(v[1]), q(v[2]), q(v[3])]));
+        block.d = f16::from_bits(d[b]);
+    }
+}
+
+/// For each block flagged in `ties`, the first value whose magnitude is `amax`, as the scalar
+/// scan finds it.
+#[cold]
+fn first_of_magnitude(x: &[f32; GROUP_LEN], ties: i32, amax: [f32; 8], max: &mut [f32; 8]) {
+    let (blocks, _) = x.as_chunks::<QK>();
+    for (b, block) in blocks.iter().enumerate() {
+        if ties & (1 << b) != 0 {
+            max[b] = *block.iter().find(|v| v.abs() == amax[b]).expect("the largest magnitude occurs in its block");
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_group_q4_1(x: &[f32; GROUP_LEN], out: &mut [BlockQ4_1; GROUP]) {
+    // `min_ps(v, acc)` is `if v < acc { v } else { acc }`, the scalar fold's step, NaN skipped.
+    let (mut lows, mut highs) = ([_mm256_set1_ps(f32::MAX); GROUP], [_mm256_set1_ps(-f32::MAX); GROUP]);
+    for (b, (low, high)) in lows.iter_mut().zip(&mut highs).enumerate() {
+        for v in block_vectors(x, b) {
+            *low = _mm256_min_ps(v, *low);
+            *high = _mm256_max_ps(v, *high);
+        }
+    }
+    let (mut min, mut max) = (reduce_min(lows), reduce_max(highs));
+    // The fold keeps the first of equal values; only a zero extreme can differ (+0.0 or -0.0).
+    let zero = _mm256_setzero_ps();
+    let zeros = _mm256_movemask_ps(_mm256_or_ps(
+        _mm256_cmp_ps::<_CMP_EQ_OQ>(min, zero),
+        _mm256_cmp_ps::<_CMP_EQ_OQ>(max, zero),
+    ));
+    if zeros != 0 {
+        let (mut min_lanes, mut max_lanes): ([f32; 8], [f32; 8]) = (bytemuck::cast(min), bytemuck::cast(max));
+        first_zeros(x, zeros, &mut min_lanes, &mut max_lanes);
+        (min, max) = (bytemuck::cast(min_lanes), bytemuck::cast(max_lanes));
+    }
+
+    let d = _mm256_div_ps(_mm256_sub_ps(max, min), _mm256_set1_ps(15.0));
+    let id = scale_inverse(d);
+    let (d, m) = (f16_bits(d), f16_bits(min));
+    let half = _mm256_set1_ps(0.5);
+    for (b, block) in out.iter_mut().enumerate() {
+        let (min, id) = (broadcast(min, b), broadcast(id, b));
+        let v = block_vectors(x, b);
+        let q = |v: __m256| truncate_q4(_mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, min), id), half));
+        store_16(&mut block.qs, pack_nibbles([q(v[0]), q(v[1]), q(v[2]), q(v[3])]));
+        block.d = f16::from_bits(d[b]);
+        block.m = f16::from_bits(m[b]);
+    }
+}
+
+/// For each block flagged in `zeros`, replaces a zero minimum or maximum by the block's first
+/// zero, sign included, as the scalar fold keeps it.
+#[cold]
+fn first_zeros(x: &[f32; GROUP_LEN], zeros: i32, min: &mut [f32; 8], max: &mut [f32; 8]) {
+    let (blocks, _) = x.as_chunks::<QK>();
+    for (b, block) in blocks.iter().enumerate() {
+        if zeros & (1 << b) != 0 {
+            let first = *block.iter().find(|&&v| v == 0.0).expect("a zero extreme occurs in its block");
+            if min[b] == 0.0 {
+                min[b] = first;
+            }
+            if max[b] == 0.0 {
+                max[b] = first;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantizers.
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequantize_q8_0(src: &[BlockQ8_0], dst: &mut [f32]) {
+    assert_eq!(dst.len(), src.len() * QK, "destination length must be 32 times the block count");
+    let (dst, _) = dst.as_chunks_mut::<QK>();
+    for (block, y) in src.iter().zip(dst) {
+        let d = broadcast_f16(block.d);
+        let qs: &[u8; QK] = bytemuck::cast_ref(&block.qs);
+        let (q, _) = qs.as_chunks::<8>();
+        let (y, _) = y.as_chunks_mut::<8>();
+        for (q, y) in q.iter().zip(y) {
+            let q = _mm256_cvtepi8_epi32(load_8_bytes(q));
+            store(y, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
+        }
+    }
+}
+
+/// The 16 nibbles of eight packed bytes as i32 lanes: (elements `j`, elements `j + 16`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn nibbles(bytes: &[u8; 8]) -> (__m256i, __m256i) {
+    let q = _mm256_cvtepu8_epi32(load_8_bytes(bytes));
+    (_mm256_and_si256(q, _mm256_set1_epi32(0x0f)), _mm256_srli_epi32::<4>(q))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequantize_q4_0(src: &[BlockQ4_0], dst: &mut [f32]) {
+    assert_eq!(dst.len(), src.len() * QK, "destination length must be 32 times the block count");
+    let (dst, _) = dst.as_chunks_mut::<QK>();
+    let eight = _mm256_set1_epi32(8);
+    for (block, y) in src.iter().zip(dst) {
+        let d = broadcast_f16(block.d);
+        let (q, _) = block.qs.as_chunks::<8>();
+        let (y, _) = y.as_chunks_mut::<8>();
+        for half in 0..2 {
+            let (low, high) = nibbles(&q[half]);
+            store(&mut y[half], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(low, eight)), d));
+            store(&mut y[half + 2], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(high, eight)), d));
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequantize_q4_1(src: &[BlockQ4_1], dst: &mut [f32]) {
+    assert_eq!(dst.len(), src.len() * QK, "destination length must be 32 times the block count");
+    let (dst, _) = dst.as_chunks_mut::<QK>();
+    for (block, y) in src.iter().zip(dst) {
+        let (d, m) = (broadcast_f16(block.d), broadcast_f16(block.m));
+        let (q, _) = block.qs.as_chunks::<8>();
+        let (y, _) = y.as_chunks_mut::<8>();
+        for half in 0..2 {
+            let (low, high) = nibbles(&q[half]);
+            // `q * d + m`: two roundings, as the scalar code, never an FMA.
+            store(&mut y[half], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(low), d), m));
+            store(&mut y[half + 2], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(high), d), m));
+        }
+    }
+}
