@@ -21,8 +21,10 @@ mod error;
 pub mod ggml;
 pub mod isa;
 pub mod linear;
+mod matrix;
 mod scheme;
 
 pub use error::{Error, Result};
 pub use isa::Isa;
+pub use matrix::QuantizedMatrix;
 pub use scheme::{Bits, Granularity, IntScheme, Scheme};

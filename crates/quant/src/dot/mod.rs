@@ -1,1 +1,701 @@
 //! Dot products of quantized blocks, the inner loop of quantized GEMV and GEMM.
+//!
+//! The GGML kernels follow ggml's reference (`ggml_vec_dot_*_generic`): per block the exact
+//! integer dot product `sumi` of the stored values (Q4_0 as `nibble - 8`, Q5_0 as `q - 16`,
+//! Q4_1 and Q5_1 unsigned), times `d_x * d_y` (the f16 scales in f32), plus `m_x * s_y` for the
+//! formats with a minimum (`s_y` is the Q8_1 block's stored `d * sum(q)`), summed in f32 over
+//! the blocks. The [`scalar`] kernels keep the f32 operation order of ggml's reference.
+//!
+//! ```
+//! use lathe_quant::{dot, ggml};
+//! let weights: Vec<f32> = (0..64).map(|i| ((i % 7) as f32 - 3.0) / 4.0).collect();
+//! let activations: Vec<f32> = (0..64).map(|i| (i % 5) as f32 / 2.0).collect();
+//! let mut w = vec![bytemuck::Zeroable::zeroed(); 2];
+//! let mut a = vec![bytemuck::Zeroable::zeroed(); 2];
+//! ggml::quantize_q4_0(&weights, &mut w);
+//! ggml::quantize_q8_0(&activations, &mut a);
+//! let exact: f32 = weights.iter().zip(&activations).map(|(w, a)| w * a).sum();
+//! assert!((dot::dot_q4_0_q8_0(&w, &a) - exact).abs() < 0.5);
+//! ```
+//!
+//! # Exactness and tolerance
+//! Every path computes the integer parts exactly for every input, including -128 in an
+//! activation block (which ggml's AVX2 `sign` trick gets wrong against a negative weight; its
+//! quantizers never write -128), and [`dot_i8_i8`] is identical on every path: the i32 sum is
+//! exact while it fits and otherwise wraps modulo 2^32.
+//!
+//! The f32 results of a SIMD path differ from the scalar reference only in the order of the f32
+//! operations. For `n` blocks, with `A` the sum over blocks of
+//! `|d_x * d_y| * sum_j |q_x[j] * q_y[j]|  +  |m_x * s_y|`,
+//! the two results differ by at most `(n + 8) * f32::EPSILON * A`. No absolute
+//! term is needed: nonzero f16 scales keep every term at or above 2^-48 in magnitude, far from
+//! the f32 subnormals. When the scales are 1 and `A < 2^24`, every partial sum is an exact
+//! integer and all paths agree exactly.
+//!
+//! For [`dot_f32_f32`] of length `n` with finite products and a finite `sum |x[i] * y[i]|`, the
+//! paths differ by at most `(n + 16) * f32::EPSILON * sum |x[i] * y[i]| + n * 2^-149` (the last
+//! term for products that underflow). A NaN input gives NaN and an infinite input a non-finite
+//! result on every path.
+
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+use std::sync::OnceLock;
+
+use crate::Isa;
+use crate::ggml::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
+
+/// The dot-product kernels of one instruction set. Every kernel panics when its operands differ
+/// in length; otherwise all agree with the scalar ones as the [module docs](self) state.
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub struct DotKernels {
+    pub isa: Isa,
+    pub q8_0_q8_0: fn(&[BlockQ8_0], &[BlockQ8_0]) -> f32,
+    pub q4_0_q8_0: fn(&[BlockQ4_0], &[BlockQ8_0]) -> f32,
+    pub q4_1_q8_1: fn(&[BlockQ4_1], &[BlockQ8_1]) -> f32,
+    pub q5_0_q8_0: fn(&[BlockQ5_0], &[BlockQ8_0]) -> f32,
+    pub q5_1_q8_1: fn(&[BlockQ5_1], &[BlockQ8_1]) -> f32,
+    pub i8_i8: fn(&[i8], &[i8]) -> i32,
+    pub f32_f32: fn(&[f32], &[f32]) -> f32,
+}
+
+const SCALAR: DotKernels = DotKernels {
+    isa: Isa::Scalar,
+    q8_0_q8_0: scalar::dot_q8_0_q8_0,
+    q4_0_q8_0: scalar::dot_q4_0_q8_0,
+    q4_1_q8_1: scalar::dot_q4_1_q8_1,
+    q5_0_q8_0: scalar::dot_q5_0_q8_0,
+    q5_1_q8_1: scalar::dot_q5_1_q8_1,
+    i8_i8: scalar::dot_i8_i8,
+    f32_f32: scalar::dot_f32_f32,
+};
+
+/// The kernels of `isa`, or `None` when this CPU cannot run them.
+pub fn kernels(isa: Isa) -> Option<&'static DotKernels> {
+    match isa {
+        Isa::Scalar => Some(&SCALAR),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86_64::avx2::kernels(),
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 => None,
+    }
+}
+
+/// The kernels of [`crate::isa::active`], chosen once.
+fn dispatched() -> &'static DotKernels {
+    static DISPATCHED: OnceLock<&'static DotKernels> = OnceLock::new();
+    DISPATCHED.get_or_init(|| kernels(crate::isa::active()).unwrap_or(&SCALAR))
+}
+
+/// The length check every kernel starts with.
+#[track_caller]
+pub(crate) fn assert_same_len(x: usize, y: usize) {
+    assert!(x == y, "dot product operands differ in length: {x} and {y}");
+}
+
+macro_rules! dispatched_kernels {
+    ($( $name:ident: $field:ident($x:ty, $y:ty) -> $out:ty, $what:literal; )*) => {$(
+        #[doc = concat!($what, ", on the fastest kernels this CPU runs (see the [module docs](self) for how \
+            they agree with [`scalar::", stringify!($name), "`]).\n\n# Panics\nIf `x.len() != y.len()`.")]
+        pub fn $name(x: $x, y: $y) -> $out {
+            (dispatched().$field)(x, y)
+        }
+    )*};
+}
+
+dispatched_kernels! {
+    dot_q8_0_q8_0: q8_0_q8_0(&[BlockQ8_0], &[BlockQ8_0]) -> f32, "Q8_0 weights times Q8_0 activations";
+    dot_q4_0_q8_0: q4_0_q8_0(&[BlockQ4_0], &[BlockQ8_0]) -> f32, "Q4_0 weights times Q8_0 activations";
+    dot_q4_1_q8_1: q4_1_q8_1(&[BlockQ4_1], &[BlockQ8_1]) -> f32, "Q4_1 weights times Q8_1 activations";
+    dot_q5_0_q8_0: q5_0_q8_0(&[BlockQ5_0], &[BlockQ8_0]) -> f32, "Q5_0 weights times Q8_0 activations";
+    dot_q5_1_q8_1: q5_1_q8_1(&[BlockQ5_1], &[BlockQ8_1]) -> f32, "Q5_1 weights times Q8_1 activations";
+    dot_i8_i8: i8_i8(&[i8], &[i8]) -> i32, "Int8 times int8, summed exactly in i32 (wrapping on overflow)";
+    dot_f32_f32: f32_f32(&[f32], &[f32]) -> f32, "f32 times f32";
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Debug;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    use half::f16;
+    use proptest::array::{uniform4, uniform16, uniform32};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::scalar::{integer_dot, q4_0_values, q4_1_values, q5_0_values, q5_1_values};
+    use super::*;
+    use crate::ggml::{self, QK};
+
+    /// Every table this CPU runs, scalar first.
+    fn tables() -> Vec<&'static DotKernels> {
+        Isa::supported().into_iter().map(|isa| kernels(isa).expect("supported isa has a table")).collect()
+    }
+
+    fn h(value: f32) -> f16 {
+        f16::from_f32(value)
+    }
+
+    /// The bound of the module docs: `(n + 8) * EPSILON * A` for `n` blocks.
+    fn block_tolerance(n_blocks: usize, magnitude: f64) -> f64 {
+        (n_blocks as f64 + 8.0) * f64::from(f32::EPSILON) * magnitude
+    }
+
+    /// One block's share of `A`: `|d_x * d_y| * sum_j |q_x[j] * q_y[j]|  +  |m_x * s_y|`.
+    fn block_magnitude(dx: f16, dy: f16, qx: &[i8; QK], qy: &[i8; QK], min_term: f64) -> f64 {
+        let abs_dot: i64 = qx.iter().zip(qy).map(|(&a, &b)| (i64::from(a) * i64::from(b)).abs()).sum();
+        (f64::from(dx.to_f32()) * f64::from(dy.to_f32())).abs() * abs_dot as f64 + min_term.abs()
+    }
+
+    fn min_term(m: f16, s: f16) -> f64 {
+        f64::from(m.to_f32()) * f64::from(s.to_f32())
+    }
+
+    /// `A` and the exact real-number result for each format.
+    trait Pair {
+        fn magnitude_and_exact(&self) -> (f64, f64);
+    }
+
+    macro_rules! impl_pair {
+        ($x:ty, $y:ty, |$bx:ident, $by:ident| $values:expr, $min:expr) => {
+            impl Pair for ($x, $y) {
+                fn magnitude_and_exact(&self) -> (f64, f64) {
+                    let ($bx, $by) = self;
+                    let values = $values;
+                    let min = $min;
+                    let d = f64::from($bx.d.to_f32()) * f64::from($by.d.to_f32());
+                    let exact = d * f64::from(integer_dot(&values, &$by.qs)) + min;
+                    (block_magnitude($bx.d, $by.d, &values, &$by.qs, min), exact)
+                }
+            }
+        };
+    }
+
+    impl_pair!(BlockQ8_0, BlockQ8_0, |bx, by| bx.qs, 0.0);
+    impl_pair!(BlockQ4_0, BlockQ8_0, |bx, by| q4_0_values(bx), 0.0);
+    impl_pair!(BlockQ4_1, BlockQ8_1, |bx, by| q4_1_values(bx.qs), min_term(bx.m, by.s));
+    impl_pair!(BlockQ5_0, BlockQ8_0, |bx, by| q5_0_values(bx), 0.0);
+    impl_pair!(BlockQ5_1, BlockQ8_1, |bx, by| q5_1_values(bx.qh, bx.qs), min_term(bx.m, by.s));
+
+    type Kernel<X, Y> = fn(&DotKernels) -> fn(&[X], &[Y]) -> f32;
+
+    /// Checks every table against the scalar one within the documented bound, and against the
+    /// exact result within half of it (the scalar path's own share).
+    fn check_blocks<X: Copy, Y: Copy>(x: &[X], y: &[Y], kernel: Kernel<X, Y>) -> Result<(), TestCaseError>
+    where
+        (X, Y): Pair,
+    {
+        let (magnitude, exact) = x
+            .iter()
+            .zip(y)
+            .map(|(&bx, &by)| (bx, by).magnitude_and_exact())
+            .fold((0.0, 0.0), |(m, e), (bm, be)| (m + bm, e + be));
+        let bound = block_tolerance(x.len(), magnitude);
+        let reference = kernel(&SCALAR)(x, y);
+        prop_assert!((f64::from(reference) - exact).abs() <= bound / 2.0, "scalar {reference} vs exact {exact}");
+        for table in tables() {
+            let fast = kernel(table)(x, y);
+            let error = (f64::from(fast) - f64::from(reference)).abs();
+            prop_assert!(error <= bound, "{}: {fast} vs scalar {reference}, bound {bound}", table.isa.name());
+        }
+        Ok(())
+    }
+
+    /// Checks that every table reproduces the exact result, for blocks whose terms and partial
+    /// sums are integers below 2^24.
+    fn check_blocks_exact<X: Copy, Y: Copy>(x: &[X], y: &[Y], kernel: Kernel<X, Y>) -> Result<(), TestCaseError>
+    where
+        (X, Y): Pair,
+    {
+        let (magnitude, exact) = x
+            .iter()
+            .zip(y)
+            .map(|(&bx, &by)| (bx, by).magnitude_and_exact())
+            .fold((0.0, 0.0), |(m, e), (bm, be)| (m + bm, e + be));
+        prop_assert!(magnitude < f64::from(1u32 << 24));
+        for table in tables() {
+            prop_assert_eq!(f64::from(kernel(table)(x, y)), exact, "{}", table.isa.name());
+        }
+        Ok(())
+    }
+
+    /// Finite f16 scales with the extremes: large, subnormal, zero of both signs.
+    fn scale() -> impl Strategy<Value = f16> {
+        prop_oneof![
+            6 => (-8.0f32..8.0).prop_map(h),
+            1 => Just(f16::MAX),
+            1 => Just(f16::MIN),
+            1 => (1u16..0x400).prop_map(f16::from_bits),
+            1 => (0x8001u16..0x8400).prop_map(f16::from_bits),
+            1 => Just(f16::ZERO),
+            1 => Just(f16::NEG_ZERO),
+        ]
+    }
+
+    fn unit() -> impl Strategy<Value = f16> + Clone {
+        Just(f16::ONE)
+    }
+
+    /// Small integers for `m` and `s` in the exact tests.
+    fn small_integer() -> impl Strategy<Value = f16> + Clone {
+        (-64i8..=64).prop_map(|v| h(f32::from(v)))
+    }
+
+    /// The whole i8 range, with the extremes often.
+    fn int8() -> impl Strategy<Value = i8> + Clone {
+        prop_oneof![4 => any::<i8>(), 1 => Just(i8::MIN), 1 => Just(i8::MAX)]
+    }
+
+    fn activations() -> impl Strategy<Value = [i8; QK]> + Clone {
+        uniform32(int8())
+    }
+
+    fn q8_0(d: impl Strategy<Value = f16>) -> impl Strategy<Value = BlockQ8_0> {
+        (d, activations()).prop_map(|(d, qs)| BlockQ8_0 { d, qs })
+    }
+
+    fn q8_1(d: impl Strategy<Value = f16>, s: impl Strategy<Value = f16>) -> impl Strategy<Value = BlockQ8_1> {
+        (d, s, activations()).prop_map(|(d, s, qs)| BlockQ8_1 { d, s, qs })
+    }
+
+    fn q4_0(d: impl Strategy<Value = f16>) -> impl Strategy<Value = BlockQ4_0> {
+        (d, uniform16(any::<u8>())).prop_map(|(d, qs)| BlockQ4_0 { d, qs })
+    }
+
+    fn q4_1(d: impl Strategy<Value = f16>, m: impl Strategy<Value = f16>) -> impl Strategy<Value = BlockQ4_1> {
+        (d, m, uniform16(any::<u8>())).prop_map(|(d, m, qs)| BlockQ4_1 { d, m, qs })
+    }
+
+    fn q5_0(d: impl Strategy<Value = f16>) -> impl Strategy<Value = BlockQ5_0> {
+        (d, uniform4(any::<u8>()), uniform16(any::<u8>())).prop_map(|(d, qh, qs)| BlockQ5_0 { d, qh, qs })
+    }
+
+    fn q5_1(d: impl Strategy<Value = f16>, m: impl Strategy<Value = f16>) -> impl Strategy<Value = BlockQ5_1> {
+        (d, m, uniform4(any::<u8>()), uniform16(any::<u8>())).prop_map(|(d, m, qh, qs)| BlockQ5_1 { d, m, qh, qs })
+    }
+
+    /// Weight and activation blocks starting `offset` blocks into their vectors (so the slices
+    /// start at varying addresses), sometimes all equal; 0 to 12 pairs.
+    fn pairs<X: Clone + Debug, Y: Clone + Debug>(
+        x: impl Strategy<Value = X>,
+        y: impl Strategy<Value = Y>,
+    ) -> impl Strategy<Value = (Vec<X>, Vec<Y>, usize)> {
+        (vec((x, y), 0..=12), 0usize..=3, any::<bool>()).prop_map(|(pairs, offset, all_equal)| {
+            let pairs = match pairs.first() {
+                Some(first) if all_equal => vec![first.clone(); pairs.len()],
+                _ => pairs,
+            };
+            let offset = offset.min(pairs.len());
+            let (x, y) = pairs.into_iter().unzip();
+            (x, y, offset)
+        })
+    }
+
+    /// The slices proptest hands to the f32 and int8 kernels: lengths 0..=4*32+3 after an
+    /// offset of up to three elements.
+    fn offset_pair<T: Clone + Debug>(
+        value: impl Strategy<Value = T> + Clone,
+    ) -> impl Strategy<Value = (Vec<T>, Vec<T>)> {
+        (0usize..=3, 0usize..=4 * 32 + 3).prop_flat_map(move |(offset, len)| {
+            (vec(value.clone(), offset + len), vec(value.clone(), offset + len))
+                .prop_map(move |(x, y)| (x[offset..].to_vec(), y[offset..].to_vec()))
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn q8_0_q8_0_matches_scalar((x, y, offset) in pairs(q8_0(scale()), q8_0(scale()))) {
+            check_blocks(&x[offset..], &y[offset..], |k| k.q8_0_q8_0)?;
+        }
+
+        #[test]
+        fn q4_0_q8_0_matches_scalar((x, y, offset) in pairs(q4_0(scale()), q8_0(scale()))) {
+            check_blocks(&x[offset..], &y[offset..], |k| k.q4_0_q8_0)?;
+        }
+
+        #[test]
+        fn q4_1_q8_1_matches_scalar((x, y, offset) in pairs(q4_1(scale(), scale()), q8_1(scale(), scale()))) {
+            check_blocks(&x[offset..], &y[offset..], |k| k.q4_1_q8_1)?;
+        }
+
+        #[test]
+        fn q5_0_q8_0_matches_scalar((x, y, offset) in pairs(q5_0(scale()), q8_0(scale()))) {
+            check_blocks(&x[offset..], &y[offset..], |k| k.q5_0_q8_0)?;
+        }
+
+        #[test]
+        fn q5_1_q8_1_matches_scalar((x, y, offset) in pairs(q5_1(scale(), scale()), q8_1(scale(), scale()))) {
+            check_blocks(&x[offset..], &y[offset..], |k| k.q5_1_q8_1)?;
+        }
+
+        #[test]
+        fn q8_0_q8_0_integers_are_exact((x, y, offset) in pairs(q8_0(unit()), q8_0(unit()))) {
+            check_blocks_exact(&x[offset..], &y[offset..], |k| k.q8_0_q8_0)?;
+        }
+
+        #[test]
+        fn q4_0_q8_0_integers_are_exact((x, y, offset) in pairs(q4_0(unit()), q8_0(unit()))) {
+            check_blocks_exact(&x[offset..], &y[offset..], |k| k.q4_0_q8_0)?;
+        }
+
+        #[test]
+        fn q4_1_q8_1_integers_are_exact(
+            (x, y, offset) in pairs(q4_1(unit(), small_integer()), q8_1(unit(), small_integer()))
+        ) {
+            check_blocks_exact(&x[offset..], &y[offset..], |k| k.q4_1_q8_1)?;
+        }
+
+        #[test]
+        fn q5_0_q8_0_integers_are_exact((x, y, offset) in pairs(q5_0(unit()), q8_0(unit()))) {
+            check_blocks_exact(&x[offset..], &y[offset..], |k| k.q5_0_q8_0)?;
+        }
+
+        #[test]
+        fn q5_1_q8_1_integers_are_exact(
+            (x, y, offset) in pairs(q5_1(unit(), small_integer()), q8_1(unit(), small_integer()))
+        ) {
+            check_blocks_exact(&x[offset..], &y[offset..], |k| k.q5_1_q8_1)?;
+        }
+
+        #[test]
+        fn i8_i8_is_exact((x, y) in offset_pair(int8())) {
+            let exact: i64 = x.iter().zip(&y).map(|(&a, &b)| i64::from(a) * i64::from(b)).sum();
+            for table in tables() {
+                prop_assert_eq!(i64::from((table.i8_i8)(&x, &y)), exact, "{}", table.isa.name());
+            }
+        }
+
+        #[test]
+        fn f32_f32_matches_scalar((x, y) in offset_pair(f32_value())) {
+            check_f32(&x, &y)?;
+        }
+    }
+
+    /// f32 values with every special kind: NaN, infinities, zeros, subnormals, extremes.
+    fn f32_value() -> impl Strategy<Value = f32> + Clone {
+        prop_oneof![
+            20 => -100.0f32..100.0,
+            1 => Just(f32::NAN),
+            1 => Just(f32::INFINITY),
+            1 => Just(f32::NEG_INFINITY),
+            1 => Just(-0.0f32),
+            1 => Just(0.0f32),
+            1 => (1u32..0x0080_0000).prop_map(f32::from_bits),
+            1 => Just(f32::MIN_POSITIVE),
+            1 => Just(f32::MAX),
+            1 => Just(f32::MIN),
+            1 => -1e19f32..1e19,
+        ]
+    }
+
+    fn check_f32(x: &[f32], y: &[f32]) -> Result<(), TestCaseError> {
+        let reference = (SCALAR.f32_f32)(x, y);
+        let any_nan = x.iter().chain(y).any(|v| v.is_nan());
+        let any_infinite = x.iter().chain(y).any(|v| v.is_infinite());
+        // Products of two f32 are exact in f64.
+        let magnitude: f64 = x.iter().zip(y).map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs()).sum();
+        let bound = (x.len() as f64 + 16.0) * f64::from(f32::EPSILON) * magnitude + x.len() as f64 * 2f64.powi(-149);
+        for table in tables() {
+            let fast = (table.f32_f32)(x, y);
+            let name = table.isa.name();
+            if any_nan {
+                prop_assert!(fast.is_nan() && reference.is_nan(), "{name}: {fast} and {reference} from a NaN");
+            } else if any_infinite {
+                prop_assert!(!fast.is_finite() && !reference.is_finite(), "{name}: {fast} and {reference} from inf");
+            } else if magnitude <= f64::from(f32::MAX) / 2.0 {
+                let error = (f64::from(fast) - f64::from(reference)).abs();
+                prop_assert!(error <= bound, "{name}: {fast} vs scalar {reference}, bound {bound}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Random activations and weights of magnitude `10^scale`, `n_blocks` blocks.
+    fn real_vectors() -> impl Strategy<Value = (Vec<f32>, Vec<f32>)> {
+        (0usize..=9, -3i32..=2).prop_flat_map(|(n_blocks, scale)| {
+            let value = (-4.0f32..4.0).prop_map(move |v| v * 10f32.powi(scale));
+            (vec(value.clone(), n_blocks * QK), vec(value, n_blocks * QK))
+        })
+    }
+
+    /// Dequantizes both operands and checks the quantized dot against `dot_f32_f32` of the
+    /// dequantized values, on every table. `extra` is the slack for `s_y`, which the Q8_1
+    /// quantizer rounds to f16 on its own.
+    fn check_dequantized<X: Copy, Y: Copy>(
+        x: &[X],
+        y: &[Y],
+        dequantized: (Vec<f32>, Vec<f32>),
+        kernel: Kernel<X, Y>,
+        extra: f64,
+    ) -> Result<(), TestCaseError>
+    where
+        (X, Y): Pair,
+    {
+        let (dx, dy) = dequantized;
+        let magnitude: f64 = x.iter().zip(y).map(|(&bx, &by)| (bx, by).magnitude_and_exact().0).sum();
+        let f32_magnitude: f64 = dx.iter().zip(&dy).map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs()).sum();
+        let bound = (dx.len() as f64 + 16.0) * f64::from(f32::EPSILON) * (magnitude + f32_magnitude) + extra;
+        for table in tables() {
+            let quantized = kernel(table)(x, y);
+            let dense = (table.f32_f32)(&dx, &dy);
+            let error = (f64::from(quantized) - f64::from(dense)).abs();
+            prop_assert!(error <= bound, "{}: {quantized} vs dequantized {dense}, bound {bound}", table.isa.name());
+        }
+        Ok(())
+    }
+
+    fn zeroed<B: bytemuck::Zeroable + Clone>(n: usize) -> Vec<B> {
+        vec![B::zeroed(); n]
+    }
+
+    fn q8_0_activations(values: &[f32]) -> (Vec<BlockQ8_0>, Vec<f32>) {
+        let mut blocks = zeroed(values.len() / QK);
+        ggml::scalar::quantize_q8_0(values, &mut blocks);
+        let mut dequantized = vec![0.0; values.len()];
+        ggml::scalar::dequantize_q8_0(&blocks, &mut dequantized);
+        (blocks, dequantized)
+    }
+
+    fn q8_1_activations(values: &[f32]) -> (Vec<BlockQ8_1>, Vec<f32>) {
+        let mut blocks = zeroed(values.len() / QK);
+        ggml::scalar::quantize_q8_1(values, &mut blocks);
+        let mut dequantized = vec![0.0; values.len()];
+        ggml::scalar::dequantize_q8_1(&blocks, &mut dequantized);
+        (blocks, dequantized)
+    }
+
+    /// `|m_x| * (2^-9 * |d_y * sum(q_y)| + 2^-24)` per block: `s_y` is `d * sum(q)` with the
+    /// unrounded `d`, then rounded to f16, while the dequantized activations use `d` in f16.
+    fn s_slack(m: impl Iterator<Item = f16>, y: &[BlockQ8_1]) -> f64 {
+        m.zip(y)
+            .map(|(m, by)| {
+                let sum: i32 = by.qs.iter().map(|&q| i32::from(q)).sum();
+                let ds = f64::from(by.d.to_f32()) * f64::from(sum);
+                f64::from(m.to_f32()).abs() * (2f64.powi(-9) * ds.abs() + 2f64.powi(-24))
+            })
+            .sum()
+    }
+
+    proptest! {
+        #[test]
+        fn q8_0_q8_0_agrees_with_dequantized((weights, acts) in real_vectors()) {
+            let (y, dy) = q8_0_activations(&acts);
+            let (x, dx) = q8_0_activations(&weights);
+            check_dequantized(&x, &y, (dx, dy), |k| k.q8_0_q8_0, 0.0)?;
+        }
+
+        #[test]
+        fn q4_0_q8_0_agrees_with_dequantized((weights, acts) in real_vectors()) {
+            let (y, dy) = q8_0_activations(&acts);
+            let mut x = zeroed(weights.len() / QK);
+            ggml::scalar::quantize_q4_0(&weights, &mut x);
+            let mut dx = vec![0.0; weights.len()];
+            ggml::scalar::dequantize_q4_0(&x, &mut dx);
+            check_dequantized(&x, &y, (dx, dy), |k| k.q4_0_q8_0, 0.0)?;
+        }
+
+        #[test]
+        fn q4_1_q8_1_agrees_with_dequantized((weights, acts) in real_vectors()) {
+            let (y, dy) = q8_1_activations(&acts);
+            let mut x: Vec<BlockQ4_1> = zeroed(weights.len() / QK);
+            ggml::scalar::quantize_q4_1(&weights, &mut x);
+            let mut dx = vec![0.0; weights.len()];
+            ggml::scalar::dequantize_q4_1(&x, &mut dx);
+            let slack = s_slack(x.iter().map(|b| b.m), &y);
+            check_dequantized(&x, &y, (dx, dy), |k| k.q4_1_q8_1, slack)?;
+        }
+
+        #[test]
+        fn q5_0_q8_0_agrees_with_dequantized((weights, acts) in real_vectors()) {
+            let (y, dy) = q8_0_activations(&acts);
+            let mut x = zeroed(weights.len() / QK);
+            ggml::scalar::quantize_q5_0(&weights, &mut x);
+            let mut dx = vec![0.0; weights.len()];
+            ggml::scalar::dequantize_q5_0(&x, &mut dx);
+            check_dequantized(&x, &y, (dx, dy), |k| k.q5_0_q8_0, 0.0)?;
+        }
+
+        #[test]
+        fn q5_1_q8_1_agrees_with_dequantized((weights, acts) in real_vectors()) {
+            let (y, dy) = q8_1_activations(&acts);
+            let mut x: Vec<BlockQ5_1> = zeroed(weights.len() / QK);
+            ggml::scalar::quantize_q5_1(&weights, &mut x);
+            let mut dx = vec![0.0; weights.len()];
+            ggml::scalar::dequantize_q5_1(&x, &mut dx);
+            let slack = s_slack(x.iter().map(|b| b.m), &y);
+            check_dequantized(&x, &y, (dx, dy), |k| k.q5_1_q8_1, slack)?;
+        }
+    }
+
+    // Known values, worked by hand, on every table and through the dispatched entry points.
+
+    #[test]
+    fn q8_0_q8_0_known_value() {
+        // Block 0: x = j - 16, y = 1, sumi = (0 + ... + 31) - 32 * 16 = -16, scale 0.5 * 2 = 1.
+        // Block 1: x = -128 everywhere, y = -128 at j < 2 and 1 elsewhere:
+        // sumi = 2 * 16384 - 30 * 128 = 28928, scale 0.25 * 0.125 = 1/32, term 904.
+        let x = [
+            BlockQ8_0 { d: h(0.5), qs: std::array::from_fn(|j| j as i8 - 16) },
+            BlockQ8_0 { d: h(0.25), qs: [i8::MIN; QK] },
+        ];
+        let y = [
+            BlockQ8_0 { d: h(2.0), qs: [1; QK] },
+            BlockQ8_0 { d: h(0.125), qs: std::array::from_fn(|j| if j < 2 { i8::MIN } else { 1 }) },
+        ];
+        for table in tables() {
+            assert_eq!((table.q8_0_q8_0)(&x, &y), 888.0, "{}", table.isa.name());
+            assert_eq!((table.q8_0_q8_0)(&x[..1], &y[..1]), -16.0, "{}", table.isa.name());
+        }
+        assert_eq!(dot_q8_0_q8_0(&x, &y), 888.0);
+    }
+
+    #[test]
+    fn q4_0_q8_0_known_value() {
+        // Every byte 0x9a: low nibble 10 -> 2 (elements 0..16), high nibble 9 -> 1 (16..32).
+        // y = 3 for the first half and -1 for the second: sumi = 16 * 6 - 16 = 80, times 0.125.
+        let x = [BlockQ4_0 { d: h(0.5), qs: [0x9a; QK / 2] }];
+        let y = [BlockQ8_0 { d: h(0.25), qs: std::array::from_fn(|j| if j < 16 { 3 } else { -1 }) }];
+        for table in tables() {
+            assert_eq!((table.q4_0_q8_0)(&x, &y), 10.0, "{}", table.isa.name());
+        }
+        assert_eq!(dot_q4_0_q8_0(&x, &y), 10.0);
+        // Nibbles 0 and 15 are -8 and 7, against the activation extremes: (-8) * (-128) * 16
+        // + 7 * 127 * 16 = 16384 + 14224 = 30608.
+        let x = [BlockQ4_0 { d: h(1.0), qs: [0xf0; QK / 2] }];
+        let y = [BlockQ8_0 { d: h(1.0), qs: std::array::from_fn(|j| if j < 16 { i8::MIN } else { i8::MAX }) }];
+        for table in tables() {
+            assert_eq!((table.q4_0_q8_0)(&x, &y), 30608.0, "{}", table.isa.name());
+        }
+    }
+
+    #[test]
+    fn q4_1_q8_1_known_value() {
+        // Every byte 0x53: 3 for elements 0..16, 5 for 16..32; y = 2 then -1:
+        // sumi = 16 * 6 - 16 * 5 = 16, times 0.125 = 2, plus m * s = -1 * 4: -2.
+        let x = [BlockQ4_1 { d: h(0.5), m: h(-1.0), qs: [0x53; QK / 2] }];
+        let y = [BlockQ8_1 { d: h(0.25), s: h(4.0), qs: std::array::from_fn(|j| if j < 16 { 2 } else { -1 }) }];
+        for table in tables() {
+            assert_eq!((table.q4_1_q8_1)(&x, &y), -2.0, "{}", table.isa.name());
+        }
+        assert_eq!(dot_q4_1_q8_1(&x, &y), -2.0);
+    }
+
+    #[test]
+    fn q5_0_q8_0_known_value() {
+        // Every byte 0x21 and the fifth bit set for elements 0..16 only (qh = 0x0000ffff):
+        // elements 0..16 are 1 + 16 - 16 = 1, elements 16..32 are 2 - 16 = -14. With y = 1,
+        // sumi = 16 - 224 = -208, times 0.25: -52.
+        let x = [BlockQ5_0 { d: h(0.5), qh: [0xff, 0xff, 0, 0], qs: [0x21; QK / 2] }];
+        let y = [BlockQ8_0 { d: h(0.5), qs: [1; QK] }];
+        for table in tables() {
+            assert_eq!((table.q5_0_q8_0)(&x, &y), -52.0, "{}", table.isa.name());
+        }
+        assert_eq!(dot_q5_0_q8_0(&x, &y), -52.0);
+        // Only bit 31 set: element 31 is 2 + 16 - 16 = 2, all others as above; y = 1 only at 31.
+        let x = [BlockQ5_0 { d: h(1.0), qh: [0, 0, 0, 0x80], qs: [0x21; QK / 2] }];
+        let y = [BlockQ8_0 { d: h(1.0), qs: std::array::from_fn(|j| i8::from(j == 31)) }];
+        for table in tables() {
+            assert_eq!((table.q5_0_q8_0)(&x, &y), 2.0, "{}", table.isa.name());
+        }
+    }
+
+    #[test]
+    fn q5_1_q8_1_known_value() {
+        // Bytes 0x21, fifth bit for elements 0..16: 17 there, 2 for 16..32. With y = 1,
+        // sumi = 16 * 17 + 16 * 2 = 304, times 0.125 = 38, plus m * s = 2 * 8: 54.
+        let x = [BlockQ5_1 { d: h(0.25), m: h(2.0), qh: [0xff, 0xff, 0, 0], qs: [0x21; QK / 2] }];
+        let y = [BlockQ8_1 { d: h(0.5), s: h(8.0), qs: [1; QK] }];
+        for table in tables() {
+            assert_eq!((table.q5_1_q8_1)(&x, &y), 54.0, "{}", table.isa.name());
+        }
+        assert_eq!(dot_q5_1_q8_1(&x, &y), 54.0);
+    }
+
+    #[test]
+    fn i8_i8_known_value() {
+        // 16384 - 16256 + 15 = 143, with a 32-element run first so SIMD paths take both loops:
+        // 32 * (-1 * 2) = -64, total 79.
+        let mut x = vec![-1i8; 32];
+        let mut y = vec![2i8; 32];
+        x.extend([-128, 127, 3]);
+        y.extend([-128, -128, 5]);
+        for table in tables() {
+            assert_eq!((table.i8_i8)(&x, &y), 79, "{}", table.isa.name());
+            assert_eq!((table.i8_i8)(&x[32..], &y[32..]), 143, "{}", table.isa.name());
+        }
+        assert_eq!(dot_i8_i8(&x, &y), 79);
+    }
+
+    #[test]
+    fn i8_i8_wraps_identically_past_i32() {
+        // 140000 * 16384 = 2293760000 > i32::MAX.
+        let x = vec![i8::MIN; 140_000];
+        let wrapped = (140_000i64 * 16384) as i32;
+        for table in tables() {
+            assert_eq!((table.i8_i8)(&x, &x), wrapped, "{}", table.isa.name());
+        }
+    }
+
+    #[test]
+    fn f32_f32_known_value() {
+        // 3 - 1 + 1 = 3 in the tail, and 40 * 0.5 * 4 = 80 in the vector loops.
+        let mut x = vec![0.5f32; 40];
+        let mut y = vec![4.0f32; 40];
+        x.extend([1.5, -2.0, 0.25]);
+        y.extend([2.0, 0.5, 4.0]);
+        for table in tables() {
+            assert_eq!((table.f32_f32)(&x, &y), 83.0, "{}", table.isa.name());
+            assert_eq!((table.f32_f32)(&x[40..], &y[40..]), 3.0, "{}", table.isa.name());
+            assert_eq!((table.f32_f32)(&[], &[]), 0.0, "{}", table.isa.name());
+        }
+        assert_eq!(dot_f32_f32(&x, &y), 83.0);
+    }
+
+    #[test]
+    fn non_finite_scales_give_non_finite_results() {
+        let qs: [i8; QK] = std::array::from_fn(|j| j as i8 - 7);
+        for bad in [f16::NAN, f16::INFINITY, f16::NEG_INFINITY] {
+            let x = [BlockQ8_0 { d: h(1.0), qs }, BlockQ8_0 { d: bad, qs }, BlockQ8_0 { d: h(1.0), qs }];
+            let y = [BlockQ8_0 { d: h(1.0), qs }; 3];
+            for table in tables() {
+                let result = (table.q8_0_q8_0)(&x, &y);
+                assert!(!result.is_finite(), "{}: {result} from scale {bad}", table.isa.name());
+                assert_eq!(result.is_nan(), bad.is_nan(), "{}: {result} from scale {bad}", table.isa.name());
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_lengths_panic() {
+        let q8_0 = [BlockQ8_0 { d: h(1.0), qs: [1; QK] }; 3];
+        let q8_1 = [BlockQ8_1 { d: h(1.0), s: h(1.0), qs: [1; QK] }; 3];
+        let q4_0 = [BlockQ4_0 { d: h(1.0), qs: [0; QK / 2] }; 3];
+        let q4_1 = [BlockQ4_1 { d: h(1.0), m: h(1.0), qs: [0; QK / 2] }; 3];
+        let q5_0 = [BlockQ5_0 { d: h(1.0), qh: [0; 4], qs: [0; QK / 2] }; 3];
+        let q5_1 = [BlockQ5_1 { d: h(1.0), m: h(1.0), qh: [0; 4], qs: [0; QK / 2] }; 3];
+        for table in tables() {
+            let calls: [&dyn Fn(); 7] = [
+                &|| _ = (table.q8_0_q8_0)(&q8_0[..2], &q8_0),
+                &|| _ = (table.q4_0_q8_0)(&q4_0, &q8_0[..2]),
+                &|| _ = (table.q4_1_q8_1)(&q4_1[..1], &q8_1),
+                &|| _ = (table.q5_0_q8_0)(&q5_0, &q8_0[..1]),
+                &|| _ = (table.q5_1_q8_1)(&q5_1[..2], &q8_1),
+                &|| _ = (table.i8_i8)(&[1; 33], &[1; 32]),
+                &|| _ = (table.f32_f32)(&[1.0; 8], &[1.0; 9]),
+            ];
+            for (i, call) in calls.iter().enumerate() {
+                assert!(catch_unwind(AssertUnwindSafe(call)).is_err(), "{}: kernel {i}", table.isa.name());
+            }
+        }
+    }
+
+    #[test]
+    fn tables_match_detection() {
+        assert_eq!(kernels(Isa::Scalar).map(|k| k.isa), Some(Isa::Scalar));
+        assert_eq!(kernels(Isa::Avx2).is_some(), Isa::Avx2.is_supported());
+        assert!(kernels(Isa::Avx2).is_none_or(|k| k.isa == Isa::Avx2));
+        assert_eq!(dispatched().isa, crate::isa::active());
+    }
+}

@@ -1,0 +1,288 @@
+//! AVX2 + FMA + F16C dot products.
+//!
+//! The integer part of every kernel is exact for every input, -128 included. Signed bytes
+//! against signed bytes (Q8_0 x Q8_0, int8) are sign-extended to i16 and multiplied with `madd`;
+//! the 4- and 5-bit weights are unsigned operands of at most 31 in `maddubs`, whose pair sums (at
+//! most 31 * 128 * 2) cannot saturate. The offsets of Q4_0 and Q5_0 are subtracted as a second
+//! `maddubs` of the activations against the offset, not with ggml's `sign` trick, which is wrong
+//! for an activation of -128 and takes as many instructions.
+//!
+//! The GGML kernels take four blocks per step, each into its own accumulator of eight lanes, and
+//! convert the step's eight f16 scales with one instruction. Only the f32 accumulation order
+//! differs from the scalar reference.
+
+use std::arch::x86_64::*;
+
+use crate::Isa;
+use crate::dot::{DotKernels, assert_same_len};
+use crate::ggml::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
+
+static AVX2: DotKernels =
+    DotKernels { isa: Isa::Avx2, q8_0_q8_0, q4_0_q8_0, q4_1_q8_1, q5_0_q8_0, q5_1_q8_1, i8_i8, f32_f32 };
+
+/// The AVX2 table, or `None` when this CPU lacks AVX2, FMA or F16C.
+pub(in crate::dot) fn kernels() -> Option<&'static DotKernels> {
+    Isa::Avx2.is_supported().then_some(&AVX2)
+}
+
+macro_rules! safe_entries {
+    ($( $name:ident($x:ty, $y:ty) -> $out:ty = $target:ident; )*) => {$(
+        fn $name(x: $x, y: $y) -> $out {
+            assert_same_len(x.len(), y.len());
+            // SAFETY: this function is reachable only through `AVX2`, which `kernels` hands out
+            // after `Isa::Avx2.is_supported()` found AVX2, FMA and F16C on this CPU.
+            unsafe { $target(x, y) }
+        }
+    )*};
+}
+
+safe_entries! {
+    q8_0_q8_0(&[BlockQ8_0], &[BlockQ8_0]) -> f32 = dot_q8_0_q8_0;
+    q4_0_q8_0(&[BlockQ4_0], &[BlockQ8_0]) -> f32 = dot_q4_0_q8_0;
+    q4_1_q8_1(&[BlockQ4_1], &[BlockQ8_1]) -> f32 = dot_q4_1_q8_1;
+    q5_0_q8_0(&[BlockQ5_0], &[BlockQ8_0]) -> f32 = dot_q5_0_q8_0;
+    q5_1_q8_1(&[BlockQ5_1], &[BlockQ8_1]) -> f32 = dot_q5_1_q8_1;
+    i8_i8(&[i8], &[i8]) -> i32 = dot_i8_i8;
+    f32_f32(&[f32], &[f32]) -> f32 = dot_f32_f32;
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    sum_blocks::<_, _, false>(
+        x,
+        y,
+        |bx, by| [bx.d.to_bits(), by.d.to_bits(), 0, 0],
+        |bx, by| {
+            let (x_low, x_high) = widen_i8x32(&bx.qs);
+            let (y_low, y_high) = widen_i8x32(&by.qs);
+            _mm256_add_epi32(_mm256_madd_epi16(x_low, y_low), _mm256_madd_epi16(x_high, y_high))
+        },
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    sum_blocks::<_, _, false>(
+        x,
+        y,
+        |bx, by| [bx.d.to_bits(), by.d.to_bits(), 0, 0],
+        |bx, by| {
+            let activations = load_i8x32(&by.qs);
+            // (q - 8) * y as q * y - 8 * y: both pair sums stay within i16 (|15 * 128 * 2| < 2^15),
+            // and so does their difference, the true pair sum (at most 8 * 128 * 2).
+            let with_offset = _mm256_maddubs_epi16(nibbles(&bx.qs), activations);
+            let offset = _mm256_maddubs_epi16(_mm256_set1_epi8(8), activations);
+            sum_pairs(_mm256_sub_epi16(with_offset, offset))
+        },
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    let scales = |bx: &BlockQ4_1, by: &BlockQ8_1| [bx.d.to_bits(), by.d.to_bits(), bx.m.to_bits(), by.s.to_bits()];
+    sum_blocks::<_, _, true>(x, y, scales, |bx, by| {
+        sum_pairs(_mm256_maddubs_epi16(nibbles(&bx.qs), load_i8x32(&by.qs)))
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q5_0_q8_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+    sum_blocks::<_, _, false>(
+        x,
+        y,
+        |bx, by| [bx.d.to_bits(), by.d.to_bits(), 0, 0],
+        |bx, by| {
+            let activations = load_i8x32(&by.qs);
+            // q - 16 = nibble - 16 * (1 - fifth bit): subtract 16 where the fifth bit is clear.
+            let offsets = _mm256_andnot_si256(fifth_bits(bx.qh), _mm256_set1_epi8(16));
+            let low = _mm256_maddubs_epi16(nibbles(&bx.qs), activations);
+            let offset = _mm256_maddubs_epi16(offsets, activations);
+            sum_pairs(_mm256_sub_epi16(low, offset))
+        },
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
+    let scales = |bx: &BlockQ5_1, by: &BlockQ8_1| [bx.d.to_bits(), by.d.to_bits(), bx.m.to_bits(), by.s.to_bits()];
+    sum_blocks::<_, _, true>(x, y, scales, |bx, by| {
+        let high = _mm256_and_si256(fifth_bits(bx.qh), _mm256_set1_epi8(16));
+        let values = _mm256_or_si256(nibbles(&bx.qs), high);
+        sum_pairs(_mm256_maddubs_epi16(values, load_i8x32(&by.qs)))
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_i8_i8(x: &[i8], y: &[i8]) -> i32 {
+    let (x_chunks, x_rest) = x.as_chunks::<QK>();
+    let (y_chunks, y_rest) = y.as_chunks::<QK>();
+    let mut acc_low = _mm256_setzero_si256();
+    let mut acc_high = _mm256_setzero_si256();
+    for (x_chunk, y_chunk) in x_chunks.iter().zip(y_chunks) {
+        let (x_low, x_high) = widen_i8x32(x_chunk);
+        let (y_low, y_high) = widen_i8x32(y_chunk);
+        // `madd` pair sums reach at most 2 * 128 * 128 = 2^15; the i32 lanes wrap like the
+        // scalar reference's `wrapping_add`, so every order of summation agrees.
+        acc_low = _mm256_add_epi32(acc_low, _mm256_madd_epi16(x_low, y_low));
+        acc_high = _mm256_add_epi32(acc_high, _mm256_madd_epi16(x_high, y_high));
+    }
+    let mut sum = hsum_epi32(_mm256_add_epi32(acc_low, acc_high));
+    for (&a, &b) in x_rest.iter().zip(y_rest) {
+        sum = sum.wrapping_add(i32::from(a) * i32::from(b));
+    }
+    sum
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f32_f32(x: &[f32], y: &[f32]) -> f32 {
+    let (x_vectors, x_tail) = x.as_chunks::<8>();
+    let (y_vectors, y_tail) = y.as_chunks::<8>();
+    let (x_quads, x_rest) = x_vectors.as_chunks::<4>();
+    let (y_quads, y_rest) = y_vectors.as_chunks::<4>();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (xq, yq) in x_quads.iter().zip(y_quads) {
+        for k in 0..4 {
+            acc[k] = _mm256_fmadd_ps(load_f32x8(&xq[k]), load_f32x8(&yq[k]), acc[k]);
+        }
+    }
+    for (xv, yv) in x_rest.iter().zip(y_rest) {
+        acc[0] = _mm256_fmadd_ps(load_f32x8(xv), load_f32x8(yv), acc[0]);
+    }
+    let mut sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (&a, &b) in x_tail.iter().zip(y_tail) {
+        sum += a * b;
+    }
+    sum
+}
+
+/// The loop every GGML kernel shares: four blocks per step, each scaled by `d_x * d_y` into its
+/// own accumulator of eight lanes, then the rest one by one.
+///
+/// `scales` gives the f16 bits of `[d_x, d_y, m_x, s_y]` (the last two read only with `MINS`,
+/// which adds `m_x * s_y` per block), and `products` eight i32 lanes summing to the block's
+/// integer dot product. Lane sums stay below 2^24, so their conversion to f32 is exact.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sum_blocks<X, Y, const MINS: bool>(
+    x: &[X],
+    y: &[Y],
+    scales: impl Fn(&X, &Y) -> [u16; 4],
+    products: impl Fn(&X, &Y) -> __m256i,
+) -> f32 {
+    let (x_quads, x_rest) = x.as_chunks::<4>();
+    let (y_quads, y_rest) = y.as_chunks::<4>();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut mins = _mm_setzero_ps();
+    for (xq, yq) in x_quads.iter().zip(y_quads) {
+        let bits: [[u16; 4]; 4] = std::array::from_fn(|k| scales(&xq[k], &yq[k]));
+        let column = |i: usize| bits.map(|block| block[i]);
+        let block_scales = half_products(column(0), column(1));
+        let d = _mm256_set_m128(block_scales, block_scales);
+        let terms = |k: usize| _mm256_cvtepi32_ps(products(&xq[k], &yq[k]));
+        acc[0] = _mm256_fmadd_ps(_mm256_permute_ps::<0x00>(d), terms(0), acc[0]);
+        acc[1] = _mm256_fmadd_ps(_mm256_permute_ps::<0x55>(d), terms(1), acc[1]);
+        acc[2] = _mm256_fmadd_ps(_mm256_permute_ps::<0xaa>(d), terms(2), acc[2]);
+        acc[3] = _mm256_fmadd_ps(_mm256_permute_ps::<0xff>(d), terms(3), acc[3]);
+        if MINS {
+            mins = _mm_add_ps(mins, half_products(column(2), column(3)));
+        }
+    }
+    for (bx, by) in x_rest.iter().zip(y_rest) {
+        let [dx, dy, m, s] = scales(bx, by);
+        let d = _mm256_set1_ps(_mm_cvtss_f32(half_products([dx, 0, 0, 0], [dy, 0, 0, 0])));
+        acc[0] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(products(bx, by)), acc[0]);
+        if MINS {
+            mins = _mm_add_ps(mins, half_products([m, 0, 0, 0], [s, 0, 0, 0]));
+        }
+    }
+    let blocks = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    if MINS { blocks + hsum_ps128(mins) } else { blocks }
+}
+
+/// The four products `a[k] * b[k]` of f16 bit patterns, in f32. The bits are packed in general
+/// registers so one conversion serves eight halves.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn half_products(a: [u16; 4], b: [u16; 4]) -> __m128 {
+    let pack = |bits: [u16; 4]| bits.iter().rev().fold(0u64, |word, &half| (word << 16) | u64::from(half)) as i64;
+    let floats = _mm256_cvtph_ps(_mm_set_epi64x(pack(b), pack(a)));
+    _mm_mul_ps(_mm256_castps256_ps128(floats), _mm256_extractf128_ps::<1>(floats))
+}
+
+/// Sums adjacent i16 pairs into i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn sum_pairs(pairs: __m256i) -> __m256i {
+    _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+}
+
+/// The 32 nibbles of a Q4/Q5 block as bytes in element order: low nibbles (elements 0..16) in
+/// the low lane, high nibbles (elements 16..32) in the high one.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn nibbles(qs: &[u8; QK / 2]) -> __m256i {
+    // SAFETY: `qs` is 16 readable bytes and `loadu` needs no alignment.
+    let packed = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+    let shifted = _mm256_srlv_epi64(_mm256_broadcastsi128_si256(packed), _mm256_setr_epi64x(0, 0, 4, 4));
+    _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
+}
+
+/// 0xff in byte `j` where bit `j` of the little-endian `qh` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn fifth_bits(qh: [u8; 4]) -> __m256i {
+    let word = _mm256_set1_epi32(i32::from_le_bytes(qh));
+    // Byte j takes byte j / 8 of the word, which every 128-bit lane holds.
+    #[rustfmt::skip]
+    let spread = _mm256_shuffle_epi8(word, _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+        2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+    ));
+    let select = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_i8x32(bytes: &[i8; QK]) -> __m256i {
+    // SAFETY: `bytes` is 32 readable bytes and `loadu` needs no alignment.
+    unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+/// The 32 bytes sign-extended to i16: elements 0..16, then 16..32.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn widen_i8x32(bytes: &[i8; QK]) -> (__m256i, __m256i) {
+    // SAFETY: both 16-byte loads lie within the 32 bytes of `bytes`; `loadu` needs no alignment.
+    let (low, high) =
+        unsafe { (_mm_loadu_si128(bytes.as_ptr().cast()), _mm_loadu_si128(bytes.as_ptr().add(16).cast())) };
+    (_mm256_cvtepi8_epi16(low), _mm256_cvtepi8_epi16(high))
+}
+
+#[inline]
+#[target_feature(enable = "avx")]
+fn load_f32x8(values: &[f32; 8]) -> __m256 {
+    // SAFETY: `values` is eight readable f32 and `loadu` needs no alignment.
+    unsafe { _mm256_loadu_ps(values.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx")]
+fn hsum_ps(v: __m256) -> f32 {
+    hsum_ps128(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v)))
+}
+
+#[inline]
+#[target_feature(enable = "avx")]
+fn hsum_ps128(quad: __m128) -> f32 {
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_epi32(v: __m256i) -> i32 {
+    let quad = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let pair = _mm_add_epi32(quad, _mm_shuffle_epi32::<0b01_00_11_10>(quad));
+    _mm_cvtsi128_si32(_mm_add_epi32(pair, _mm_shuffle_epi32::<0b10_11_00_01>(pair)))
+}

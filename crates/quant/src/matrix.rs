@@ -1,0 +1,518 @@
+//! `QuantizedMatrix`: a weight matrix `W[rows, cols]` (PyTorch `Linear` layout) stored in any
+//! [`Scheme`], with GEMV and GEMM that quantize the activations on the fly, and a weight-only
+//! variant that keeps them in f32.
+
+use bytemuck::Zeroable;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::ggml::{self, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
+use crate::linear::{self, IntMatrix};
+use crate::{Error, Result, Scheme, cast, dot};
+
+/// Output rows handed to one rayon task: enough work to amortise scheduling, few enough to
+/// balance two to sixty-four threads on the BERT shapes (384 to 4096 rows).
+const ROWS_PER_TASK: usize = 16;
+
+/// A quantized weight matrix.
+///
+/// ```
+/// use lathe_quant::{QuantizedMatrix, Scheme};
+/// let (rows, cols) = (4, 64);
+/// let weights: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 % 13) as f32 - 6.0) / 6.0).collect();
+/// let matrix = QuantizedMatrix::quantize(&weights, rows, cols, "q8_0".parse()?)?;
+/// let x = vec![0.5f32; cols];
+/// let mut y = vec![0.0; rows];
+/// matrix.gemv(&x, &mut y);
+/// let exact: Vec<f32> = weights.chunks(cols).map(|row| row.iter().sum::<f32>() * 0.5).collect();
+/// assert!(y.iter().zip(&exact).all(|(a, b)| (a - b).abs() < 0.05));
+/// # Ok::<(), lathe_quant::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct QuantizedMatrix {
+    rows: usize,
+    cols: usize,
+    scheme: Scheme,
+    weights: Weights,
+}
+
+#[derive(Debug, Clone)]
+enum Weights {
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+    Q8_0(Vec<BlockQ8_0>),
+    Q4_0(Vec<BlockQ4_0>),
+    Q4_1(Vec<BlockQ4_1>),
+    Q5_0(Vec<BlockQ5_0>),
+    Q5_1(Vec<BlockQ5_1>),
+    Int(IntMatrix),
+}
+
+/// Activations of the tokens, quantized once per call in the form the weights' dot needs.
+enum Activations {
+    F32,
+    Q8_0(Vec<BlockQ8_0>),
+    Q8_1(Vec<BlockQ8_1>),
+    /// Per-token int8 values and scales, with the per-group sums of the int8 values (for
+    /// asymmetric weights: `sum((q - z) * a) = sum(q * a) - z * sum(a)`).
+    I8 {
+        values: Vec<i8>,
+        scales: Vec<f32>,
+        group_sums: Vec<i32>,
+    },
+}
+
+impl QuantizedMatrix {
+    /// Quantizes `weights` (row-major `[rows, cols]`) to `scheme`.
+    ///
+    /// Errors when `weights.len() != rows * cols`, when `cols` is not a multiple of the scheme's
+    /// block (32 for GGML formats, the group size for `-g<N>` schemes), or on a NaN or infinite
+    /// weight (named by row and column).
+    pub fn quantize(weights: &[f32], rows: usize, cols: usize, scheme: Scheme) -> Result<QuantizedMatrix> {
+        let expected = rows.checked_mul(cols).ok_or(Error::ShapeMismatch {
+            rows,
+            cols,
+            expected: usize::MAX,
+            found: weights.len(),
+        })?;
+        if weights.len() != expected {
+            return Err(Error::ShapeMismatch { rows, cols, expected, found: weights.len() });
+        }
+        if let Some(index) = weights.iter().position(|w| !w.is_finite()) {
+            return Err(Error::NonFinite { row: index / cols, col: index % cols, value: weights[index] });
+        }
+        let block = scheme.block_size();
+        if !cols.is_multiple_of(block) {
+            return Err(Error::BlockMisfit { scheme: scheme.to_string(), cols, block });
+        }
+        fn blocks<B: Zeroable + Clone>(weights: &[f32], quantize: fn(&[f32], &mut [B])) -> Vec<B> {
+            let mut blocks = vec![B::zeroed(); weights.len() / QK];
+            quantize(weights, &mut blocks);
+            blocks
+        }
+        let weights = match scheme {
+            Scheme::F16 => {
+                let mut dst = vec![f16::ZERO; weights.len()];
+                cast::f32_to_f16(weights, &mut dst);
+                Weights::F16(dst)
+            }
+            Scheme::Bf16 => {
+                let mut dst = vec![bf16::ZERO; weights.len()];
+                cast::f32_to_bf16(weights, &mut dst);
+                Weights::Bf16(dst)
+            }
+            Scheme::Q8_0 => Weights::Q8_0(blocks(weights, ggml::quantize_q8_0)),
+            Scheme::Q4_0 => Weights::Q4_0(blocks(weights, ggml::quantize_q4_0)),
+            Scheme::Q4_1 => Weights::Q4_1(blocks(weights, ggml::quantize_q4_1)),
+            Scheme::Q5_0 => Weights::Q5_0(blocks(weights, ggml::quantize_q5_0)),
+            Scheme::Q5_1 => Weights::Q5_1(blocks(weights, ggml::quantize_q5_1)),
+            Scheme::Int(int) => Weights::Int(IntMatrix::quantize(weights, rows, cols, int)?),
+        };
+        Ok(QuantizedMatrix { rows, cols, scheme, weights })
+    }
+
+    /// Output features (rows of `W`).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features (columns of `W`).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The storage scheme.
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
+    /// The integer representation, for integer schemes (to write compressed-tensors files).
+    pub fn as_int(&self) -> Option<&IntMatrix> {
+        match &self.weights {
+            Weights::Int(int) => Some(int),
+            _ => None,
+        }
+    }
+
+    /// The raw bytes of GGML and float schemes, exactly as a GGUF file stores the tensor.
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        Some(match &self.weights {
+            Weights::F16(v) => bytemuck::cast_slice(v),
+            Weights::Bf16(v) => bytemuck::cast_slice(v),
+            Weights::Q8_0(v) => bytemuck::cast_slice(v),
+            Weights::Q4_0(v) => bytemuck::cast_slice(v),
+            Weights::Q4_1(v) => bytemuck::cast_slice(v),
+            Weights::Q5_0(v) => bytemuck::cast_slice(v),
+            Weights::Q5_1(v) => bytemuck::cast_slice(v),
+            Weights::Int(_) => return None,
+        })
+    }
+
+    /// Writes the dequantized weights, row-major.
+    ///
+    /// # Panics
+    /// If `dst.len() != rows * cols`.
+    pub fn dequantize(&self, dst: &mut [f32]) {
+        assert_eq!(dst.len(), self.rows * self.cols, "destination must hold rows x cols values");
+        match &self.weights {
+            Weights::F16(v) => cast::f16_to_f32(v, dst),
+            Weights::Bf16(v) => cast::bf16_to_f32(v, dst),
+            Weights::Q8_0(v) => ggml::dequantize_q8_0(v, dst),
+            Weights::Q4_0(v) => ggml::dequantize_q4_0(v, dst),
+            Weights::Q4_1(v) => ggml::dequantize_q4_1(v, dst),
+            Weights::Q5_0(v) => ggml::dequantize_q5_0(v, dst),
+            Weights::Q5_1(v) => ggml::dequantize_q5_1(v, dst),
+            Weights::Int(int) => int.dequantize(dst),
+        }
+    }
+
+    /// `y = W x` for one token, activations quantized on the fly (see [`gemm`](Self::gemm)).
+    ///
+    /// # Panics
+    /// If `x.len() != cols` or `y.len() != rows`.
+    pub fn gemv(&self, x: &[f32], y: &mut [f32]) {
+        self.gemm(x, 1, y);
+    }
+
+    /// `Y = X W^T` for `n_tokens` tokens: `x` is row-major `[n_tokens, cols]`, `y` row-major
+    /// `[n_tokens, rows]`.
+    ///
+    /// Activations are quantized per token to the partner format of the weights: Q8_0 for Q8_0,
+    /// Q4_0 and Q5_0 weights, Q8_1 for Q4_1 and Q5_1, symmetric int8 (one scale per token) for
+    /// the integer schemes; f16 and bf16 weights keep f32 activations. Rows are split over
+    /// rayon's threads; every output is one deterministic dot product, so results do not depend
+    /// on the thread count.
+    ///
+    /// # Panics
+    /// If `x.len() != n_tokens * cols` or `y.len() != n_tokens * rows`.
+    pub fn gemm(&self, x: &[f32], n_tokens: usize, y: &mut [f32]) {
+        let activations = self.quantize_activations(x, n_tokens);
+        self.run(x, n_tokens, y, &activations);
+    }
+
+    /// Like [`gemm`](Self::gemm), but the activations stay f32: each weight row is dequantized
+    /// and dotted with the f32 tokens (the weight-only mode: less error, more time).
+    ///
+    /// # Panics
+    /// If `x.len() != n_tokens * cols` or `y.len() != n_tokens * rows`.
+    pub fn gemm_weight_only(&self, x: &[f32], n_tokens: usize, y: &mut [f32]) {
+        self.check_lengths(x, n_tokens, y);
+        self.run(x, n_tokens, y, &Activations::F32);
+    }
+
+    fn check_lengths(&self, x: &[f32], n_tokens: usize, y: &[f32]) {
+        assert_eq!(x.len(), n_tokens * self.cols, "x must be [n_tokens, cols]");
+        assert_eq!(y.len(), n_tokens * self.rows, "y must be [n_tokens, rows]");
+    }
+
+    fn quantize_activations(&self, x: &[f32], n_tokens: usize) -> Activations {
+        assert_eq!(x.len(), n_tokens * self.cols, "x must be [n_tokens, cols]");
+        fn blocks<B: Zeroable + Clone>(x: &[f32], quantize: fn(&[f32], &mut [B])) -> Vec<B> {
+            let mut blocks = vec![B::zeroed(); x.len() / QK];
+            quantize(x, &mut blocks);
+            blocks
+        }
+        match &self.weights {
+            Weights::F16(_) | Weights::Bf16(_) => Activations::F32,
+            Weights::Q8_0(_) | Weights::Q4_0(_) | Weights::Q5_0(_) => Activations::Q8_0(blocks(x, ggml::quantize_q8_0)),
+            Weights::Q4_1(_) | Weights::Q5_1(_) => Activations::Q8_1(blocks(x, ggml::quantize_q8_1)),
+            Weights::Int(int) => {
+                let group = int.group_len();
+                let mut values = vec![0i8; x.len()];
+                let mut scales = Vec::with_capacity(n_tokens);
+                for (token, dst) in x.chunks_exact(self.cols).zip(values.chunks_exact_mut(self.cols)) {
+                    scales.push(linear::quantize_activations_i8(token, dst));
+                }
+                let group_sums = values.chunks(group).map(|g| g.iter().map(|&v| i32::from(v)).sum()).collect();
+                Activations::I8 { values, scales, group_sums }
+            }
+        }
+    }
+
+    fn run(&self, x: &[f32], n_tokens: usize, y: &mut [f32], activations: &Activations) {
+        self.check_lengths(x, n_tokens, y);
+        if n_tokens == 0 || self.rows == 0 {
+            return;
+        }
+        // Each task fills `[rows in task, n_tokens]` of the transposed output; one token needs no
+        // transpose.
+        let mut transposed = if n_tokens == 1 { Vec::new() } else { vec![0.0f32; self.rows * n_tokens] };
+        let out: &mut [f32] = if n_tokens == 1 { y } else { &mut transposed };
+        out.par_chunks_mut(ROWS_PER_TASK * n_tokens).enumerate().for_each(|(task, chunk)| {
+            let mut row_buffer = Vec::new();
+            for (offset, outputs) in chunk.chunks_exact_mut(n_tokens).enumerate() {
+                self.row_outputs(task * ROWS_PER_TASK + offset, x, activations, outputs, &mut row_buffer);
+            }
+        });
+        if n_tokens > 1 {
+            for (row, outputs) in transposed.chunks_exact(n_tokens).enumerate() {
+                for (token, &value) in outputs.iter().enumerate() {
+                    y[token * self.rows + row] = value;
+                }
+            }
+        }
+    }
+
+    /// The outputs of one weight row for every token.
+    fn row_outputs(
+        &self,
+        row: usize,
+        x: &[f32],
+        activations: &Activations,
+        outputs: &mut [f32],
+        buffer: &mut Vec<f32>,
+    ) {
+        let cols = self.cols;
+        let blocks_per_row = cols / QK;
+        let row_blocks = row * blocks_per_row..(row + 1) * blocks_per_row;
+        let token_blocks = |token: usize| token * blocks_per_row..(token + 1) * blocks_per_row;
+        match (&self.weights, activations) {
+            (Weights::Q8_0(w), Activations::Q8_0(a)) => {
+                for (t, out) in outputs.iter_mut().enumerate() {
+                    *out = dot::dot_q8_0_q8_0(&w[row_blocks.clone()], &a[token_blocks(t)]);
+                }
+            }
+            (Weights::Q4_0(w), Activations::Q8_0(a)) => {
+                for (t, out) in outputs.iter_mut().enumerate() {
+                    *out = dot::dot_q4_0_q8_0(&w[row_blocks.clone()], &a[token_blocks(t)]);
+                }
+            }
+            (Weights::Q5_0(w), Activations::Q8_0(a)) => {
+                for (t, out) in outputs.iter_mut().enumerate() {
+                    *out = dot::dot_q5_0_q8_0(&w[row_blocks.clone()], &a[token_blocks(t)]);
+                }
+            }
+            (Weights::Q4_1(w), Activations::Q8_1(a)) => {
+                for (t, out) in outputs.iter_mut().enumerate() {
+                    *out = dot::dot_q4_1_q8_1(&w[row_blocks.clone()], &a[token_blocks(t)]);
+                }
+            }
+            (Weights::Q5_1(w), Activations::Q8_1(a)) => {
+                for (t, out) in outputs.iter_mut().enumerate() {
+                    *out = dot::dot_q5_1_q8_1(&w[row_blocks.clone()], &a[token_blocks(t)]);
+                }
+            }
+            (Weights::Int(w), Activations::I8 { values, scales, group_sums }) => {
+                let group = w.group_len();
+                let groups_per_row = cols / group;
+                let weight_row = &w.values()[row * cols..(row + 1) * cols];
+                for (t, out) in outputs.iter_mut().enumerate() {
+                    let token = &values[t * cols..(t + 1) * cols];
+                    let mut sum = 0.0f32;
+                    for g in 0..groups_per_row {
+                        let span = g * group..(g + 1) * group;
+                        let mut integer = dot::dot_i8_i8(&weight_row[span.clone()], &token[span]);
+                        let (scale, zero_point) = w.group_params(w.group_index(row, g * group));
+                        if zero_point != 0 {
+                            integer -= i32::from(zero_point) * group_sums[t * groups_per_row + g];
+                        }
+                        sum += scale * integer as f32;
+                    }
+                    *out = sum * scales[t];
+                }
+            }
+            (_, Activations::F32) => {
+                buffer.resize(cols, 0.0);
+                self.dequantize_row(row, buffer);
+                for (t, out) in outputs.iter_mut().enumerate() {
+                    *out = dot::dot_f32_f32(buffer, &x[t * cols..(t + 1) * cols]);
+                }
+            }
+            _ => unreachable!("activations are quantized for the weights' scheme"),
+        }
+    }
+
+    fn dequantize_row(&self, row: usize, dst: &mut [f32]) {
+        let cols = self.cols;
+        let elements = row * cols..(row + 1) * cols;
+        let blocks = row * cols / QK..(row + 1) * cols / QK;
+        match &self.weights {
+            Weights::F16(v) => cast::f16_to_f32(&v[elements], dst),
+            Weights::Bf16(v) => cast::bf16_to_f32(&v[elements], dst),
+            Weights::Q8_0(v) => ggml::dequantize_q8_0(&v[blocks], dst),
+            Weights::Q4_0(v) => ggml::dequantize_q4_0(&v[blocks], dst),
+            Weights::Q4_1(v) => ggml::dequantize_q4_1(&v[blocks], dst),
+            Weights::Q5_0(v) => ggml::dequantize_q5_0(&v[blocks], dst),
+            Weights::Q5_1(v) => ggml::dequantize_q5_1(&v[blocks], dst),
+            Weights::Int(int) => int.dequantize_row(row, dst),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ggml::scalar;
+
+    const SCHEMES: &[&str] = &[
+        "f16",
+        "bf16",
+        "q8_0",
+        "q4_0",
+        "q4_1",
+        "q5_0",
+        "q5_1",
+        "int8-tensor",
+        "int8-channel",
+        "int8-g32",
+        "int8-channel-asym",
+        "int4-channel",
+        "int4-g32",
+        "int4-g64-asym",
+    ];
+
+    /// Deterministic weights with outliers, zeros and both signs.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+        (0..n)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                let unit = (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+                if i % 97 == 0 {
+                    unit * 20.0
+                } else if i % 31 == 0 {
+                    0.0
+                } else {
+                    unit
+                }
+            })
+            .collect()
+    }
+
+    /// What the quantized kernels compute, in f64: dequantized weights times the activations as
+    /// the kernels quantize them.
+    fn reference(matrix: &QuantizedMatrix, x: &[f32], n_tokens: usize, weight_only: bool) -> Vec<f64> {
+        let (rows, cols) = (matrix.rows(), matrix.cols());
+        let mut w = vec![0.0f32; rows * cols];
+        matrix.dequantize(&mut w);
+        let mut xq = x.to_vec();
+        if !weight_only {
+            match matrix.scheme() {
+                Scheme::F16 | Scheme::Bf16 => {}
+                Scheme::Q4_1 | Scheme::Q5_1 => {
+                    let mut blocks = vec![BlockQ8_1::zeroed(); x.len() / QK];
+                    scalar::quantize_q8_1(x, &mut blocks);
+                    scalar::dequantize_q8_1(&blocks, &mut xq);
+                }
+                Scheme::Int(_) => {
+                    for (token, dst) in x.chunks(cols).zip(xq.chunks_mut(cols)) {
+                        let mut q = vec![0i8; cols];
+                        let scale = linear::quantize_activations_i8(token, &mut q);
+                        for (d, q) in dst.iter_mut().zip(q) {
+                            *d = f32::from(q) * scale;
+                        }
+                    }
+                }
+                _ => {
+                    let mut blocks = vec![BlockQ8_0::zeroed(); x.len() / QK];
+                    scalar::quantize_q8_0(x, &mut blocks);
+                    scalar::dequantize_q8_0(&blocks, &mut xq);
+                }
+            }
+        }
+        let mut y = vec![0.0f64; n_tokens * rows];
+        for t in 0..n_tokens {
+            for r in 0..rows {
+                let row = &w[r * cols..(r + 1) * cols];
+                let token = &xq[t * cols..(t + 1) * cols];
+                y[t * rows + r] = row.iter().zip(token).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            }
+        }
+        y
+    }
+
+    fn assert_close(found: &[f32], expected: &[f64], tolerance: f64, what: &str) {
+        for (i, (&a, &b)) in found.iter().zip(expected).enumerate() {
+            assert!((f64::from(a) - b).abs() <= tolerance, "{what}: output {i}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn gemm_computes_what_the_formats_promise() {
+        let (rows, cols, n_tokens) = (37, 128, 5);
+        let weights = values(rows * cols, 1);
+        let x = values(n_tokens * cols, 2);
+        for name in SCHEMES {
+            let matrix = QuantizedMatrix::quantize(&weights, rows, cols, name.parse().unwrap()).unwrap();
+            // The magnitude of the terms bounds the rounding of any summation order.
+            let scale: f64 = weights.iter().map(|w| f64::from(w.abs())).sum::<f64>() * 10.0 / rows as f64;
+
+            // Q8_1 stores its block sum `s` as f16, and the Q4_1/Q5_1 dots use it for the minimum's
+            // term, so they differ from the exact product of the dequantized values by up to
+            // |m| * |s| * 2^-11 per block.
+            let tolerance = if matches!(*name, "q4_1" | "q5_1") { 2e-3 } else { 1e-5 } * scale;
+            let mut y = vec![f32::NAN; n_tokens * rows];
+            matrix.gemm(&x, n_tokens, &mut y);
+            assert_close(&y, &reference(&matrix, &x, n_tokens, false), tolerance, name);
+
+            let mut single = vec![f32::NAN; rows];
+            matrix.gemv(&x[..cols], &mut single);
+            assert_eq!(single, y[..rows], "{name}: gemv is the first token of gemm");
+
+            let mut weight_only = vec![f32::NAN; n_tokens * rows];
+            matrix.gemm_weight_only(&x, n_tokens, &mut weight_only);
+            assert_close(&weight_only, &reference(&matrix, &x, n_tokens, true), 1e-5 * scale, name);
+
+            // And the quantized result stays near the exact f32 product.
+            let exact =
+                reference(&QuantizedMatrix::quantize(&weights, rows, cols, Scheme::F16).unwrap(), &x, n_tokens, true);
+            let worst = y.iter().zip(&exact).map(|(&a, &b)| (f64::from(a) - b).abs()).fold(0.0, f64::max);
+            assert!(worst < 0.05 * scale, "{name}: worst error {worst} against scale {scale}");
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let (rows, cols, n_tokens) = (100, 64, 3);
+        let weights = values(rows * cols, 3);
+        let x = values(n_tokens * cols, 4);
+        for name in ["q4_0", "int8-channel", "f16"] {
+            let matrix = QuantizedMatrix::quantize(&weights, rows, cols, name.parse().unwrap()).unwrap();
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut y = vec![0.0f32; n_tokens * rows];
+                pool.install(|| matrix.gemm(&x, n_tokens, &mut y));
+                y
+            };
+            let one = run(1);
+            assert_eq!(
+                one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                run(3).iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn dequantize_matches_the_format_kernels() {
+        let weights = values(4 * 64, 5);
+        let matrix = QuantizedMatrix::quantize(&weights, 4, 64, Scheme::Q4_1).unwrap();
+        let mut blocks = vec![BlockQ4_1::zeroed(); 8];
+        scalar::quantize_q4_1(&weights, &mut blocks);
+        assert_eq!(matrix.as_bytes().unwrap(), bytemuck::cast_slice::<BlockQ4_1, u8>(&blocks));
+        let (mut ours, mut theirs) = (vec![0.0; 256], vec![0.0; 256]);
+        matrix.dequantize(&mut ours);
+        scalar::dequantize_q4_1(&blocks, &mut theirs);
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn bad_weights_and_shapes_are_errors() {
+        let mut weights = values(2 * 64, 6);
+        weights[64 + 5] = f32::NAN;
+        let err = QuantizedMatrix::quantize(&weights, 2, 64, Scheme::Q8_0).unwrap_err();
+        assert!(matches!(err, Error::NonFinite { row: 1, col: 5, .. }), "{err}");
+        weights[64 + 5] = f32::NEG_INFINITY;
+        assert!(matches!(QuantizedMatrix::quantize(&weights, 2, 64, Scheme::Q8_0), Err(Error::NonFinite { .. })));
+        let weights = values(2 * 48, 7);
+        let err = QuantizedMatrix::quantize(&weights, 2, 48, Scheme::Q4_0).unwrap_err();
+        assert!(matches!(err, Error::BlockMisfit { cols: 48, block: 32, .. }), "{err}");
+        let err = QuantizedMatrix::quantize(&weights, 2, 48, "int4-g32".parse().unwrap()).unwrap_err();
+        assert!(matches!(err, Error::BlockMisfit { cols: 48, block: 32, .. }), "{err}");
+        let err = QuantizedMatrix::quantize(&weights, 3, 48, Scheme::F16).unwrap_err();
+        assert!(matches!(err, Error::ShapeMismatch { expected: 144, found: 96, .. }), "{err}");
+        assert!(QuantizedMatrix::quantize(&weights, usize::MAX, 2, Scheme::F16).is_err());
+    }
+}
