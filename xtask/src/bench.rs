@@ -1,49 +1,486 @@
-//! `cargo xtask bench [ARGS]`: the criterion benches under the conditions lathe's figures assume.
+//! `cargo xtask bench [quant|gemm|all] [ARGS]`: the criterion benches under the conditions lathe's
+//! figures assume (one thread), then one markdown table per kernel read back from criterion's
+//! output files.
 //!
-//! Today this runs the benches; the report (tables and goals read back from criterion's output)
-//! will be a further stage after `run_criterion`, fed by the same `Options`.
+//! The report reads `<criterion dir>/<group>/<function>/<parameter>/new/{benchmark,estimates}.json`
+//! (the ids come from `benchmark.json`, not from folder names, which criterion sanitises), takes
+//! the median point estimate and the throughput, and prints rates in 10^9 units per second (GB/s,
+//! GFLOP/s) with ratios to the peer and to the machine's bandwidth measured in the same results.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
 
-use crate::{cargo, models, run_command};
+use crate::{cargo, models, project_root, run_command};
+
+/// Which benches to run (and which tables to print afterwards).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Selection {
+    /// lathe-peers' `quant_peers` and `bandwidth`.
+    Quant,
+    /// lathe-peers' `dense_gemm`.
+    Gemm,
+    /// Every bench target of the workspace, the end-to-end ones on the real models included.
+    All,
+}
 
 /// What the command line asked for.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Options {
+    selection: Selection,
     /// Passed through to every criterion bench binary (a filter, `--save-baseline NAME`, ...).
     criterion_args: Vec<String>,
 }
 
 impl Options {
     fn parse(args: Vec<String>) -> Options {
-        // Everything belongs to criterion for now; an optional leading `--` is accepted so that
-        // `cargo xtask bench -- --save-baseline main` reads like the cargo equivalent.
-        let mut criterion_args = args;
-        if criterion_args.first().is_some_and(|arg| arg == "--") {
-            criterion_args.remove(0);
+        let mut args = args;
+        let selection = match args.first().map(String::as_str) {
+            Some("quant") => Some(Selection::Quant),
+            Some("gemm") => Some(Selection::Gemm),
+            Some("all") => Some(Selection::All),
+            _ => None,
+        };
+        if selection.is_some() {
+            args.remove(0);
         }
-        Options { criterion_args }
+        // Everything else belongs to criterion; an optional leading `--` is accepted so that
+        // `cargo xtask bench -- --save-baseline main` reads like the cargo equivalent.
+        if args.first().is_some_and(|arg| arg == "--") {
+            args.remove(0);
+        }
+        Options { selection: selection.unwrap_or(Selection::All), criterion_args: args }
+    }
+
+    /// Whether criterion will measure (and so write fresh results worth a report): not when it
+    /// only lists, tests, profiles or prints its help.
+    fn measures(&self) -> bool {
+        !self
+            .criterion_args
+            .iter()
+            .any(|arg| matches!(arg.as_str(), "--list" | "--test" | "--profile-time" | "-h" | "--help"))
     }
 }
 
 pub(crate) fn run(args: Vec<String>) -> Result<()> {
     let options = Options::parse(args);
-    // The end-to-end benches read the real models; fetching is a hash check when they are there.
-    let models_dir = models::fetch()?;
-    run_criterion(&models_dir, &options)?;
+    run_criterion(&options)?;
+    if options.measures() {
+        let dir = criterion_dir()?;
+        let results = read_results(&dir)?;
+        print!("{}", report(&dir, &results, options.selection));
+    }
     Ok(())
 }
 
-/// Runs every bench target once, single-threaded: on this machine's two vCPUs a second rayon
-/// thread only adds noise (see NOTES.md).
-fn run_criterion(models_dir: &Path, options: &Options) -> Result<()> {
+/// Runs the selected bench targets single-threaded: on this machine's two vCPUs a second thread
+/// only adds noise (see NOTES.md). candle reads its own variable, and spin-waits if left at the
+/// core count.
+fn run_criterion(options: &Options) -> Result<()> {
     let mut command = cargo();
-    command.env("RAYON_NUM_THREADS", "1").env(models::MODELS_DIR_VAR, models_dir);
-    // `--bench '*'` keeps the library unit-test harnesses out: libtest rejects criterion's flags.
-    command.args(["bench", "--workspace", "--bench", "*", "--"]).args(&options.criterion_args);
+    command.env("RAYON_NUM_THREADS", "1").env("CANDLE_NUM_THREADS", "1").arg("bench");
+    match options.selection {
+        Selection::Quant => {
+            command.args(["--package", "lathe-peers", "--bench", "quant_peers", "--bench", "bandwidth"]);
+        }
+        Selection::Gemm => {
+            command.args(["--package", "lathe-peers", "--bench", "dense_gemm"]);
+        }
+        Selection::All => {
+            // The end-to-end benches read the real models; fetching is a hash check when they are there.
+            let models_dir = models::fetch()?;
+            command.env(models::MODELS_DIR_VAR, models_dir);
+            // `--bench '*'` keeps the library unit-test harnesses out: libtest rejects criterion's flags.
+            command.args(["--workspace", "--bench", "*"]);
+        }
+    }
+    command.arg("--").args(&options.criterion_args);
     run_command(&mut command)
+}
+
+/// Where criterion writes, found as criterion finds it: `$CRITERION_HOME`, else
+/// `$CARGO_TARGET_DIR/criterion`, else `criterion` in the target directory cargo reports.
+fn criterion_dir() -> Result<PathBuf> {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return Ok(PathBuf::from(home));
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Ok(project_root().join(target).join("criterion"));
+    }
+    let output = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("could not run `cargo metadata` to find the target directory")?;
+    if !output.status.success() {
+        bail!("`cargo metadata` failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+    }
+    let metadata: Value = serde_json::from_slice(&output.stdout).context("`cargo metadata` printed invalid JSON")?;
+    let target = metadata["target_directory"].as_str().context("`cargo metadata` gave no target_directory")?;
+    Ok(Path::new(target).join("criterion"))
+}
+
+/// What one benchmark processes per iteration, as criterion's `benchmark.json` records it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Throughput {
+    Bytes(u64),
+    Elements(u64),
+}
+
+impl Throughput {
+    fn amount(self) -> u64 {
+        match self {
+            Throughput::Bytes(amount) | Throughput::Elements(amount) => amount,
+        }
+    }
+}
+
+/// One benchmark's latest result.
+#[derive(Debug, Clone, PartialEq)]
+struct Measurement {
+    group: String,
+    function: String,
+    parameter: String,
+    median_ns: f64,
+    throughput: Option<Throughput>,
+}
+
+impl Measurement {
+    /// Units per nanosecond, which is 10^9 units per second: GB/s or GFLOP/s.
+    fn rate(&self) -> Option<f64> {
+        let throughput = self.throughput?;
+        (self.median_ns > 0.0).then(|| throughput.amount() as f64 / self.median_ns)
+    }
+}
+
+/// Every result under `dir` (each `new` folder holding a `benchmark.json`); none when criterion
+/// has not run yet.
+fn read_results(dir: &Path) -> Result<Vec<Measurement>> {
+    let mut results = Vec::new();
+    if dir.is_dir() {
+        collect_results(dir, &mut results)?;
+    }
+    Ok(results)
+}
+
+fn collect_results(dir: &Path, results: &mut Vec<Measurement>) -> Result<()> {
+    let entries = fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let path = entry.with_context(|| format!("cannot list {}", dir.display()))?.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if path.file_name().is_some_and(|name| name == "new") && path.join("benchmark.json").is_file() {
+            results.push(read_measurement(&path)?);
+        } else {
+            collect_results(&path, results)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+/// One result from a `new` folder: ids and throughput from `benchmark.json`, the median from
+/// `estimates.json`.
+fn read_measurement(new_dir: &Path) -> Result<Measurement> {
+    let benchmark_path = new_dir.join("benchmark.json");
+    let benchmark = read_json(&benchmark_path)?;
+    let text_field = |key: &str| benchmark[key].as_str().unwrap_or("").to_owned();
+    let group = text_field("group_id");
+    if group.is_empty() {
+        bail!("{} has no group_id", benchmark_path.display());
+    }
+    let throughput = match &benchmark["throughput"] {
+        Value::Null => None,
+        value => {
+            let amount = |key: &str| value[key].as_u64();
+            match (amount("Bytes").or_else(|| amount("BytesDecimal")), amount("Elements")) {
+                (Some(bytes), _) => Some(Throughput::Bytes(bytes)),
+                (None, Some(elements)) => Some(Throughput::Elements(elements)),
+                (None, None) => bail!("{}: unknown throughput {value}", benchmark_path.display()),
+            }
+        }
+    };
+    let estimates_path = new_dir.join("estimates.json");
+    let estimates = read_json(&estimates_path)?;
+    let median_ns = estimates["median"]["point_estimate"]
+        .as_f64()
+        .with_context(|| format!("{} has no median.point_estimate", estimates_path.display()))?;
+    Ok(Measurement {
+        group,
+        function: text_field("function_id"),
+        parameter: text_field("value_str"),
+        median_ns,
+        throughput,
+    })
+}
+
+/// The single-thread bandwidth measurements (group `bandwidth` of lathe-peers) that memory-bound
+/// rows are divided by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bandwidth {
+    Read,
+    Write,
+}
+
+impl Bandwidth {
+    fn function(self) -> &'static str {
+        match self {
+            Bandwidth::Read => "read",
+            Bandwidth::Write => "write",
+        }
+    }
+}
+
+/// The divisor of a ratio column.
+#[derive(Debug, Clone, Copy)]
+enum Denominator {
+    /// Another column of the same row.
+    Function(&'static str),
+    /// The machine's bandwidth.
+    Bandwidth(Bandwidth),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ratio {
+    numerator: &'static str,
+    denominator: Denominator,
+    header: &'static str,
+}
+
+/// How a table's rows (its parameters) are ordered.
+#[derive(Debug, Clone, Copy)]
+enum RowOrder {
+    /// By the throughput per iteration: input sizes from L1 to DRAM.
+    Amount,
+    /// `{tokens}x{in}x{out}`: by weight size, then `in`, then tokens.
+    GemmShape,
+    /// In the listed order; unknown parameters last.
+    Listed(&'static [&'static str]),
+}
+
+/// One kernel's table: a criterion group, its implementations as columns.
+#[derive(Debug, Clone)]
+struct TableSpec {
+    group: String,
+    caption: String,
+    row_header: &'static str,
+    columns: &'static [(&'static str, &'static str)],
+    ratios: Vec<Ratio>,
+    order: RowOrder,
+}
+
+const QUANT_COLUMNS: &[(&str, &str)] = &[("lathe_scalar", "lathe scalar"), ("lathe", "lathe"), ("candle", "candle")];
+const GEMV_COLUMNS: &[(&str, &str)] = &[("candle", "candle"), ("lathe", "lathe")];
+const GEMM_COLUMNS: &[(&str, &str)] = &[("matrixmultiply", "matrixmultiply"), ("gemm", "gemm"), ("faer", "faer")];
+
+fn table_specs(selection: Selection) -> Vec<TableSpec> {
+    let mut specs = Vec::new();
+    if matches!(selection, Selection::Quant | Selection::All) {
+        for format in ["q8_0", "q4_0", "q4_1"] {
+            for (op, bandwidth, what) in
+                [("quantize", Bandwidth::Read, "f32 read"), ("dequantize", Bandwidth::Write, "f32 written")]
+            {
+                let vs_bandwidth = match bandwidth {
+                    Bandwidth::Read => "lathe / read bw",
+                    Bandwidth::Write => "lathe / write bw",
+                };
+                specs.push(TableSpec {
+                    group: format!("{op}_{format}"),
+                    caption: format!("GB/s of {what}"),
+                    row_header: "size",
+                    columns: QUANT_COLUMNS,
+                    ratios: vec![
+                        Ratio {
+                            numerator: "lathe",
+                            denominator: Denominator::Function("candle"),
+                            header: "lathe / candle",
+                        },
+                        Ratio {
+                            numerator: "lathe",
+                            denominator: Denominator::Bandwidth(bandwidth),
+                            header: vs_bandwidth,
+                        },
+                    ],
+                    order: RowOrder::Amount,
+                });
+            }
+        }
+        for format in ["q4_0", "q8_0"] {
+            specs.push(TableSpec {
+                group: format!("gemv_{format}"),
+                caption: "1x4096x4096, GB/s of quantized weights read".to_owned(),
+                row_header: "weights",
+                columns: GEMV_COLUMNS,
+                ratios: vec![
+                    Ratio {
+                        numerator: "lathe",
+                        denominator: Denominator::Function("candle"),
+                        header: "lathe / candle",
+                    },
+                    Ratio {
+                        numerator: "candle",
+                        denominator: Denominator::Bandwidth(Bandwidth::Read),
+                        header: "candle / read bw",
+                    },
+                    Ratio {
+                        numerator: "lathe",
+                        denominator: Denominator::Bandwidth(Bandwidth::Read),
+                        header: "lathe / read bw",
+                    },
+                ],
+                order: RowOrder::Listed(&["hot", "cold"]),
+            });
+        }
+    }
+    if matches!(selection, Selection::Gemm | Selection::All) {
+        specs.push(TableSpec {
+            group: "dense_gemm".to_owned(),
+            caption: "GFLOP/s, Y = X · Wᵀ".to_owned(),
+            row_header: "tokens x in x out",
+            columns: GEMM_COLUMNS,
+            ratios: vec![
+                Ratio { numerator: "faer", denominator: Denominator::Function("gemm"), header: "faer / gemm" },
+                Ratio {
+                    numerator: "gemm",
+                    denominator: Denominator::Function("matrixmultiply"),
+                    header: "gemm / matrixmultiply",
+                },
+            ],
+            order: RowOrder::GemmShape,
+        });
+    }
+    specs
+}
+
+/// The report: the bandwidth table, then one table per kernel of the selection that has results.
+fn report(dir: &Path, results: &[Measurement], selection: Selection) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\n## Bench report\n");
+    let _ = writeln!(
+        out,
+        "Single thread; median of criterion's samples from {}; rates in 10^9 per second \
+         (criterion itself prints GiB/s).\n",
+        dir.display()
+    );
+    let bandwidth_rate = |bandwidth: Bandwidth| {
+        results
+            .iter()
+            .find(|m| m.group == "bandwidth" && m.function == bandwidth.function())
+            .and_then(Measurement::rate)
+    };
+    let bandwidth_rows: Vec<&Measurement> = results.iter().filter(|m| m.group == "bandwidth").collect();
+    let mut printed = 0;
+    if selection != Selection::Gemm && !bandwidth_rows.is_empty() {
+        let _ = writeln!(out, "### bandwidth (GB/s)\n\n| access | size | GB/s |\n|---|---|---:|");
+        let mut rows = bandwidth_rows;
+        rows.sort_by_key(|m| {
+            (["read", "read_4_streams", "write", "memset"].iter().position(|f| *f == m.function), m.function.clone())
+        });
+        for m in rows {
+            let _ = writeln!(out, "| {} | {} | {} |", m.function, m.parameter, format_rate(m.rate()));
+        }
+        out.push('\n');
+        printed += 1;
+    }
+    for spec in table_specs(selection) {
+        let table = render_table(&spec, results, &bandwidth_rate);
+        if let Some(table) = table {
+            out.push_str(&table);
+            printed += 1;
+        }
+    }
+    if printed == 0 {
+        let _ = writeln!(out, "(no results for this selection under {})", dir.display());
+    }
+    out
+}
+
+/// `spec`'s table, or `None` when its group has no results.
+fn render_table(
+    spec: &TableSpec,
+    results: &[Measurement],
+    bandwidth_rate: &dyn Fn(Bandwidth) -> Option<f64>,
+) -> Option<String> {
+    // parameter -> function -> measurement
+    let mut rows: BTreeMap<&str, BTreeMap<&str, &Measurement>> = BTreeMap::new();
+    for m in results.iter().filter(|m| m.group == spec.group) {
+        rows.entry(m.parameter.as_str()).or_default().insert(m.function.as_str(), m);
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let mut parameters: Vec<&str> = rows.keys().copied().collect();
+    parameters.sort_by_key(|parameter| {
+        let amount = rows[parameter].values().find_map(|m| m.throughput).map_or(0, Throughput::amount);
+        (row_key(spec.order, parameter, amount), parameter.to_string())
+    });
+
+    let mut out = String::new();
+    let _ = writeln!(out, "### {} ({})\n", spec.group, spec.caption);
+    let mut header = format!("| {} |", spec.row_header);
+    let mut rule = String::from("|---|");
+    for (_, name) in spec.columns.iter() {
+        let _ = write!(header, " {name} |");
+        rule.push_str("---:|");
+    }
+    for ratio in &spec.ratios {
+        let _ = write!(header, " {} |", ratio.header);
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(out, "{header}\n{rule}");
+    for parameter in parameters {
+        let row = &rows[parameter];
+        let rate = |function: &str| row.get(function).and_then(|m| m.rate());
+        let mut line = format!("| {parameter} |");
+        for (function, _) in spec.columns.iter() {
+            let _ = write!(line, " {} |", format_rate(rate(function)));
+        }
+        for ratio in &spec.ratios {
+            let denominator = match ratio.denominator {
+                Denominator::Function(function) => rate(function),
+                Denominator::Bandwidth(bandwidth) => bandwidth_rate(bandwidth),
+            };
+            let value = rate(ratio.numerator).zip(denominator).map(|(n, d)| n / d);
+            let _ = write!(line, " {} |", value.map_or_else(|| "-".to_owned(), |value| format!("{value:.2}")));
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    out.push('\n');
+    Some(out)
+}
+
+fn row_key(order: RowOrder, parameter: &str, amount: u64) -> (u64, u64, u64) {
+    match order {
+        RowOrder::Amount => (amount, 0, 0),
+        RowOrder::GemmShape => {
+            let dims: Vec<u64> = parameter.split('x').map(|part| part.parse().unwrap_or(u64::MAX)).collect();
+            match dims[..] {
+                [tokens, in_features, out_features] => (in_features.saturating_mul(out_features), in_features, tokens),
+                _ => (u64::MAX, 0, 0),
+            }
+        }
+        RowOrder::Listed(listed) => {
+            (listed.iter().position(|name| *name == parameter).map_or(u64::MAX, |idx| idx as u64), 0, 0)
+        }
+    }
+}
+
+/// Three significant figures for rates of 1 and up, two decimals below.
+fn format_rate(rate: Option<f64>) -> String {
+    match rate {
+        None => "-".to_owned(),
+        Some(rate) if rate >= 100.0 => format!("{rate:.0}"),
+        Some(rate) if rate >= 10.0 => format!("{rate:.1}"),
+        Some(rate) => format!("{rate:.2}"),
+    }
 }
 
 #[cfg(test)]
@@ -57,8 +494,109 @@ mod tests {
     #[test]
     fn leading_double_dash_is_dropped_and_the_rest_passes_through() {
         let options = Options::parse(strings(&["--", "--save-baseline", "main", "dequantize"]));
+        assert_eq!(options.selection, Selection::All);
         assert_eq!(options.criterion_args, strings(&["--save-baseline", "main", "dequantize"]));
         let options = Options::parse(strings(&["dequantize", "--", "x"]));
         assert_eq!(options.criterion_args, strings(&["dequantize", "--", "x"]));
+    }
+
+    #[test]
+    fn a_leading_selection_is_taken_and_only_there() {
+        let options = Options::parse(strings(&["gemm", "--", "--measurement-time", "3"]));
+        assert_eq!(options.selection, Selection::Gemm);
+        assert_eq!(options.criterion_args, strings(&["--measurement-time", "3"]));
+        let options = Options::parse(strings(&["quant", "dequantize_q4_0"]));
+        assert_eq!(options.selection, Selection::Quant);
+        assert_eq!(options.criterion_args, strings(&["dequantize_q4_0"]));
+        let options = Options::parse(strings(&["--", "quant"]));
+        assert_eq!(options.selection, Selection::All);
+        assert_eq!(options.criterion_args, strings(&["quant"]));
+        assert!(!Options::parse(strings(&["quant", "--", "--list"])).measures());
+        assert!(Options::parse(strings(&["quant"])).measures());
+    }
+
+    fn measurement(
+        group: &str,
+        function: &str,
+        parameter: &str,
+        median_ns: f64,
+        throughput: Throughput,
+    ) -> Measurement {
+        Measurement {
+            group: group.to_owned(),
+            function: function.to_owned(),
+            parameter: parameter.to_owned(),
+            median_ns,
+            throughput: Some(throughput),
+        }
+    }
+
+    #[test]
+    fn quant_tables_show_rates_and_ratios_to_candle_and_bandwidth() {
+        let results = vec![
+            measurement("bandwidth", "read", "256MiB", 20.0, Throughput::Bytes(400)),
+            measurement("bandwidth", "write", "256MiB", 10.0, Throughput::Bytes(100)),
+            measurement("dequantize_q8_0", "candle", "64MiB", 100.0, Throughput::Bytes(500)),
+            measurement("dequantize_q8_0", "lathe", "64MiB", 100.0, Throughput::Bytes(800)),
+            measurement("dequantize_q8_0", "lathe_scalar", "4KiB", 1.0, Throughput::Bytes(4)),
+            measurement("dequantize_q8_0", "lathe", "4KiB", 1.0, Throughput::Bytes(40)),
+            measurement("gemv_q4_0", "candle", "cold", 2.0, Throughput::Bytes(24)),
+            measurement("dense_gemm", "gemm", "1x4096x4096", 1.0, Throughput::Elements(7)),
+        ];
+        let text = report(Path::new("target/criterion"), &results, Selection::Quant);
+        assert!(text.contains("| read | 256MiB | 20.0 |"), "{text}");
+        assert!(text.contains("| write | 256MiB | 10.0 |"), "{text}");
+        // 4KiB sorts before 64MiB (by bytes, not by name); a missing column is a dash.
+        let small = text.find("| 4KiB | 4.00 | 40.0 | - | - | 4.00 |").expect(&text);
+        let large = text.find("| 64MiB | - | 8.00 | 5.00 | 1.60 | 0.80 |").expect(&text);
+        assert!(small < large, "{text}");
+        assert!(text.contains("| cold | 12.0 | - | - | 0.60 | - |"), "{text}");
+        assert!(!text.contains("dense_gemm"), "the gemm table belongs to the gemm selection: {text}");
+        assert!(!text.contains("quantize_q4_1"), "tables without results are left out: {text}");
+    }
+
+    #[test]
+    fn gemm_rows_are_grouped_by_shape_then_tokens() {
+        let flops = |t: u64, i: u64, o: u64| Throughput::Elements(2 * t * i * o);
+        let results = vec![
+            measurement("dense_gemm", "faer", "128x384x384", 1e6, flops(128, 384, 384)),
+            measurement("dense_gemm", "gemm", "128x384x384", 1e6, flops(128, 384, 384)),
+            measurement("dense_gemm", "faer", "1x384x1536", 1e3, flops(1, 384, 1536)),
+            measurement("dense_gemm", "faer", "32x384x384", 1e3, flops(32, 384, 384)),
+            measurement("dense_gemm", "faer", "1x1536x384", 1e3, flops(1, 1536, 384)),
+        ];
+        let text = report(Path::new("x"), &results, Selection::Gemm);
+        let order: Vec<usize> = ["| 32x384x384 |", "| 128x384x384 |", "| 1x384x1536 |", "| 1x1536x384 |"]
+            .iter()
+            .map(|row| text.find(row).unwrap_or_else(|| panic!("{row} missing from {text}")))
+            .collect();
+        assert!(order.windows(2).all(|pair| pair[0] < pair[1]), "{text}");
+        assert!(text.contains("| 128x384x384 | - | 37.7 | 37.7 | 1.00 | - |"), "{text}");
+        assert!(!text.contains("bandwidth"), "{text}");
+    }
+
+    #[test]
+    fn results_are_read_from_criterion_files_by_their_recorded_ids() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-report-{}", std::process::id()));
+        let new_dir = dir.join("quantize_q4_0/candle/4KiB/new");
+        fs::create_dir_all(&new_dir).unwrap();
+        fs::create_dir_all(dir.join("quantize_q4_0/candle/4KiB/base")).unwrap();
+        fs::write(
+            new_dir.join("benchmark.json"),
+            r#"{"group_id":"quantize_q4_0","function_id":"candle","value_str":"4KiB","throughput":{"Bytes":4096},"full_id":"quantize_q4_0/candle/4KiB","directory_name":"quantize_q4_0/candle/4KiB","title":"quantize_q4_0/candle/4KiB"}"#,
+        )
+        .unwrap();
+        fs::write(
+            new_dir.join("estimates.json"),
+            r#"{"mean":{"point_estimate":3000.0},"median":{"point_estimate":2048.0}}"#,
+        )
+        .unwrap();
+        let results = read_results(&dir);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            results.unwrap(),
+            vec![measurement("quantize_q4_0", "candle", "4KiB", 2048.0, Throughput::Bytes(4096))]
+        );
+        assert!(read_results(&dir).unwrap().is_empty(), "a missing folder means no results yet");
     }
 }

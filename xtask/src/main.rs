@@ -2,8 +2,9 @@
 //!
 //! Every task is plain Rust over `std::process::Command`, so the only things a contributor needs are
 //! cargo and, for the real models, python3 with pip. Arguments are parsed by hand to keep the
-//! dependency list at anyhow and sha2. Repository checks are not a command: they are the `#[test]`s
-//! in `tidy.rs`, so `cargo test --workspace` (and therefore `cargo xtask ci`) runs them.
+//! dependency list at anyhow, sha2 and serde_json (which reads criterion's result files).
+//! Repository checks are not a command: they are the `#[test]`s in `tidy.rs`, so
+//! `cargo test --workspace` (and therefore `cargo xtask ci`) runs them.
 
 #![forbid(unsafe_code)]
 
@@ -30,7 +31,12 @@ commands:
                              LATHE_FORCE_ISA=scalar), one quick pass of each bench, docs,
                              and the repository checks in xtask/src/tidy.rs
   fetch-models               download the real models into the models dir and check their sha256
-  bench [ARGS]               run the criterion benches on one thread; ARGS go to criterion
+  bench [quant|gemm|all] [ARGS]
+                             run criterion benches on one thread, then print one table per
+                             kernel (GB/s or GFLOP/s, ratios to candle and to this machine's
+                             read/write bandwidth); quant: lathe-peers quant_peers and
+                             bandwidth, gemm: dense_gemm, all (default): every bench target;
+                             ARGS go to criterion
   demo                       fetch the models and run `lathe inspect` on each
   fuzz [--seconds N] [TARGET...]
                              seed the corpora and fuzz each target for N seconds (default 600)
