@@ -354,3 +354,26 @@ mod ggml_kernels_match_scalar {
 
     use bytemuck::Zeroable;
 }
+
+/// `tests/data/kquants.safetensors` (made by `tests/data/make_kquants.py`): random K-quant
+/// blocks and the gguf package's dequantization of them, compared bit for bit.
+fn check_k_quant<B: bytemuck::Pod>(name: &str, dequantize: fn(&[B], &mut [f32])) {
+    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kquants.safetensors")).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let blocks: Vec<B> = bytemuck::pod_collect_to_vec(file.tensor(&format!("{name}.blocks")).unwrap().data());
+    let expected: Vec<f32> = bytemuck::pod_collect_to_vec(file.tensor(&format!("{name}.dequantized")).unwrap().data());
+    let mut values = vec![f32::NAN; blocks.len() * 256];
+    dequantize(&blocks, &mut values);
+    for (i, (a, b)) in values.iter().zip(&expected).enumerate() {
+        assert_eq!(a.to_bits(), b.to_bits(), "{name}: value {i} (block {}): {a} vs {b}", i / 256);
+    }
+}
+
+#[test]
+fn k_quants_dequantize_like_the_gguf_package() {
+    check_k_quant("Q2_K", ggml::dequantize_q2_k);
+    check_k_quant("Q3_K", ggml::dequantize_q3_k);
+    check_k_quant("Q4_K", ggml::dequantize_q4_k);
+    check_k_quant("Q5_K", ggml::dequantize_q5_k);
+    check_k_quant("Q6_K", ggml::dequantize_q6_k);
+}
