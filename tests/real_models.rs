@@ -38,7 +38,8 @@ fn opening_minilm_reads_no_tensor_data_and_streaming_stays_bounded() {
     })
     .unwrap();
     assert_eq!(values, 22_713_216, "every F32 value of MiniLM converted (its parameters minus the I64 buffer)");
-    assert!(peak <= largest + (512 << 10), "streaming peak {peak} bytes, largest tensor {largest}");
+    // Slack: the header pages and the kernel's fault-around windows (64 KiB) on either side.
+    assert!(peak <= largest + (1 << 20), "streaming peak {peak} bytes, largest tensor {largest}");
     let at_end = file.resident_bytes().unwrap();
     assert!(at_end <= 512 << 10, "{at_end} bytes still resident after streaming");
 }
@@ -61,5 +62,5 @@ fn streaming_smollm2_stays_bounded() {
     })
     .unwrap();
     assert!(checksum > 0);
-    assert!(peak <= after_open + largest + (512 << 10), "streaming peak {peak} bytes, largest tensor {largest}");
+    assert!(peak <= after_open + largest + (1 << 20), "streaming peak {peak} bytes, largest tensor {largest}");
 }
