@@ -521,7 +521,7 @@ pub fn unpack_int4(packed: &[u8], dst: &mut [i8]) {
 }
 
 /// Quantizes one row of activations (one token) to int8, symmetric and dynamic: `scale = amax /
-/// 127`, `dst[i] = round_half_even(x[i] / scale)` clamped to `-127..=127` (never -128, so the
+/// 127` (at least the smallest subnormal when amax > 0), `dst[i] = round_half_even(x[i] / scale)` clamped to `-127..=127` (never -128, so the
 /// values suit `maddubs`-style kernels). Returns the scale; `x[i] ~ dst[i] * scale`.
 ///
 /// A row of zeros (or an empty row) returns scale 0 with all values 0. NaN inputs become 0 and
@@ -532,7 +532,9 @@ pub fn unpack_int4(packed: &[u8], dst: &mut [i8]) {
 pub fn quantize_activations_i8(x: &[f32], dst: &mut [i8]) -> f32 {
     assert_eq!(x.len(), dst.len(), "quantize_activations_i8: source and destination lengths differ");
     let amax = x.iter().fold(0.0f32, |amax, value| amax.max(value.abs()));
-    let scale = amax / 127.0;
+    // A subnormal amax can underflow to a zero scale: keep the smallest positive one instead, so
+    // tiny rows still round to their nearest multiple.
+    let scale = if amax > 0.0 { (amax / 127.0).max(f32::from_bits(1)) } else { 0.0 };
     if scale == 0.0 {
         dst.fill(0);
         return 0.0;
@@ -754,6 +756,15 @@ mod tests {
         prop::collection::vec(bits.qmin()..=bits.qmax(), 0..40)
     }
 
+    #[test]
+    fn subnormal_activations_keep_a_nonzero_scale() {
+        // Found by proptest in CI: 3e-45 / 127 underflowed to a zero scale and the value was lost.
+        let mut q = [0i8; 1];
+        let scale = quantize_activations_i8(&[3.0e-45], &mut q);
+        assert!(scale > 0.0);
+        assert!((f32::from(q[0]) * scale - 3.0e-45).abs() <= scale / 2.0);
+    }
+
     proptest! {
         #[test]
         fn dequantized_error_is_at_most_half_a_scale((scheme, rows, cols, weights) in case()) {
@@ -837,7 +848,8 @@ mod tests {
             let mut dst = vec![0i8; x.len()];
             let scale = quantize_activations_i8(&x, &mut dst);
             let amax = x.iter().fold(0.0f32, |amax, v| amax.max(v.abs()));
-            prop_assert_eq!(scale, amax / 127.0);
+            let expected = if amax > 0.0 { (amax / 127.0).max(f32::from_bits(1)) } else { 0.0 };
+            prop_assert_eq!(scale, expected);
             for (&v, &q) in x.iter().zip(&dst) {
                 prop_assert!(q != -128);
                 prop_assert!((v - f32::from(q) * scale).abs() <= scale * (0.5 + 1.0e-4), "{} -> {}", v, q);
