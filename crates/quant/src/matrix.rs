@@ -62,6 +62,21 @@ enum Activations {
     },
 }
 
+/// Quantizes `values` (a whole number of blocks) with a block kernel into a new vector.
+fn blocks<B: Zeroable + Clone>(values: &[f32], quantize: fn(&[f32], &mut [B])) -> Vec<B> {
+    let mut blocks = vec![B::zeroed(); values.len() / QK];
+    quantize(values, &mut blocks);
+    blocks
+}
+
+/// One weight row's blocks dotted with each token's activation blocks.
+fn dot_tokens<W, A>(weights: &[W], activations: &[A], outputs: &mut [f32], dot: fn(&[W], &[A]) -> f32) {
+    let per_token = weights.len();
+    for (out, token) in outputs.iter_mut().zip(activations.chunks_exact(per_token)) {
+        *out = dot(weights, token);
+    }
+}
+
 impl QuantizedMatrix {
     /// Quantizes `weights` (row-major `[rows, cols]`) to `scheme`.
     ///
@@ -84,11 +99,6 @@ impl QuantizedMatrix {
         let block = scheme.block_size();
         if !cols.is_multiple_of(block) {
             return Err(Error::BlockMisfit { scheme: scheme.to_string(), cols, block });
-        }
-        fn blocks<B: Zeroable + Clone>(weights: &[f32], quantize: fn(&[f32], &mut [B])) -> Vec<B> {
-            let mut blocks = vec![B::zeroed(); weights.len() / QK];
-            quantize(weights, &mut blocks);
-            blocks
         }
         let weights = match scheme {
             Scheme::F16 => {
@@ -207,11 +217,6 @@ impl QuantizedMatrix {
 
     fn quantize_activations(&self, x: &[f32], n_tokens: usize) -> Activations {
         assert_eq!(x.len(), n_tokens * self.cols, "x must be [n_tokens, cols]");
-        fn blocks<B: Zeroable + Clone>(x: &[f32], quantize: fn(&[f32], &mut [B])) -> Vec<B> {
-            let mut blocks = vec![B::zeroed(); x.len() / QK];
-            quantize(x, &mut blocks);
-            blocks
-        }
         match &self.weights {
             Weights::F16(_) | Weights::Bf16(_) => Activations::F32,
             Weights::Q8_0(_) | Weights::Q4_0(_) | Weights::Q5_0(_) => Activations::Q8_0(blocks(x, ggml::quantize_q8_0)),
@@ -265,32 +270,21 @@ impl QuantizedMatrix {
         let cols = self.cols;
         let blocks_per_row = cols / QK;
         let row_blocks = row * blocks_per_row..(row + 1) * blocks_per_row;
-        let token_blocks = |token: usize| token * blocks_per_row..(token + 1) * blocks_per_row;
         match (&self.weights, activations) {
             (Weights::Q8_0(w), Activations::Q8_0(a)) => {
-                for (t, out) in outputs.iter_mut().enumerate() {
-                    *out = dot::dot_q8_0_q8_0(&w[row_blocks.clone()], &a[token_blocks(t)]);
-                }
+                dot_tokens(&w[row_blocks.clone()], a, outputs, dot::dot_q8_0_q8_0)
             }
             (Weights::Q4_0(w), Activations::Q8_0(a)) => {
-                for (t, out) in outputs.iter_mut().enumerate() {
-                    *out = dot::dot_q4_0_q8_0(&w[row_blocks.clone()], &a[token_blocks(t)]);
-                }
+                dot_tokens(&w[row_blocks.clone()], a, outputs, dot::dot_q4_0_q8_0)
             }
             (Weights::Q5_0(w), Activations::Q8_0(a)) => {
-                for (t, out) in outputs.iter_mut().enumerate() {
-                    *out = dot::dot_q5_0_q8_0(&w[row_blocks.clone()], &a[token_blocks(t)]);
-                }
+                dot_tokens(&w[row_blocks.clone()], a, outputs, dot::dot_q5_0_q8_0)
             }
             (Weights::Q4_1(w), Activations::Q8_1(a)) => {
-                for (t, out) in outputs.iter_mut().enumerate() {
-                    *out = dot::dot_q4_1_q8_1(&w[row_blocks.clone()], &a[token_blocks(t)]);
-                }
+                dot_tokens(&w[row_blocks.clone()], a, outputs, dot::dot_q4_1_q8_1)
             }
             (Weights::Q5_1(w), Activations::Q8_1(a)) => {
-                for (t, out) in outputs.iter_mut().enumerate() {
-                    *out = dot::dot_q5_1_q8_1(&w[row_blocks.clone()], &a[token_blocks(t)]);
-                }
+                dot_tokens(&w[row_blocks.clone()], a, outputs, dot::dot_q5_1_q8_1)
             }
             (Weights::Int(w), Activations::I8 { values, scales, group_sums }) => {
                 let group = w.group_len();
