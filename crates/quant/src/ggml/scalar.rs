@@ -247,14 +247,20 @@ fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     }
 }
 
+/// The (scale, min) pairs of the two 32-value sub-blocks of 64-value chunk `chunk`, as ggml
+/// computes them for Q4_K and Q5_K: `d * sc` and `dmin * m`.
+fn sub_block_scales_k4(chunk: usize, d: f32, min: f32, scales: &[u8; 12]) -> [(f32, f32); 2] {
+    [2 * chunk, 2 * chunk + 1].map(|j| {
+        let (sc, m) = scale_min_k4(j, scales);
+        (d * f32::from(sc), min * f32::from(m))
+    })
+}
+
 /// Dequantizes one Q4_K super-block.
 pub fn dequantize_block_q4_k(block: &BlockQ4_K, y: &mut [f32; QK_K]) {
     let (d, min) = (block.d.to_f32(), block.dmin.to_f32());
     for (chunk, (q, y)) in block.qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
-        let (sc1, m1) = scale_min_k4(2 * chunk, &block.scales);
-        let (sc2, m2) = scale_min_k4(2 * chunk + 1, &block.scales);
-        let (d1, m1) = (d * f32::from(sc1), min * f32::from(m1));
-        let (d2, m2) = (d * f32::from(sc2), min * f32::from(m2));
+        let [(d1, m1), (d2, m2)] = sub_block_scales_k4(chunk, d, min, &block.scales);
         for (l, &byte) in q.iter().enumerate() {
             y[l] = d1 * f32::from(byte & 0x0f) - m1;
             y[l + 32] = d2 * f32::from(byte >> 4) - m2;
@@ -266,10 +272,7 @@ pub fn dequantize_block_q4_k(block: &BlockQ4_K, y: &mut [f32; QK_K]) {
 pub fn dequantize_block_q5_k(block: &BlockQ5_K, y: &mut [f32; QK_K]) {
     let (d, min) = (block.d.to_f32(), block.dmin.to_f32());
     for (chunk, (q, y)) in block.qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
-        let (sc1, m1) = scale_min_k4(2 * chunk, &block.scales);
-        let (sc2, m2) = scale_min_k4(2 * chunk + 1, &block.scales);
-        let (d1, m1) = (d * f32::from(sc1), min * f32::from(m1));
-        let (d2, m2) = (d * f32::from(sc2), min * f32::from(m2));
+        let [(d1, m1), (d2, m2)] = sub_block_scales_k4(chunk, d, min, &block.scales);
         let (u1, u2) = (1u8 << (2 * chunk), 2u8 << (2 * chunk));
         for (l, &byte) in q.iter().enumerate() {
             let high1 = if block.qh[l] & u1 != 0 { 16 } else { 0 };
