@@ -16,6 +16,8 @@
 #![deny(missing_docs)]
 
 pub mod cast;
+#[cfg(feature = "dense")]
+pub mod dense;
 pub mod dot;
 mod error;
 pub mod ggml;

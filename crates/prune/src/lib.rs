@@ -1,0 +1,3 @@
+//! Pruning for lathe (in progress).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]

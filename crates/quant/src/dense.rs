@@ -1,0 +1,154 @@
+//! The dense f32 product the whole project uses: `Y = X W^T (+ b)`, PyTorch's `F.linear`.
+//!
+//! `x` is row-major `[n_tokens, cols]`, `weights` row-major `[rows, cols]` (a linear layer's
+//! `[out, in]`, as checkpoints store it), `y` row-major `[n_tokens, rows]`: the same layout as
+//! [`QuantizedMatrix::gemm`](crate::QuantizedMatrix::gemm), so a dense layer and a quantized
+//! one are interchangeable.
+//!
+//! The work is done by the `gemm` crate (0.19), chosen over `matrixmultiply` and `faer` by the
+//! `dense_gemm` bench in `benches/peers` (figures in ARCHITECTURE.md): it leads on the
+//! single-token GEMV and on most BERT shapes, and has no system dependencies. It is threaded with
+//! rayon when the current pool has more than one thread; it splits the output, never the inner
+//! dimension, so results do not depend on the thread count.
+//!
+//! ```
+//! // y = x W^T + b for two tokens through a 3 x 2 layer.
+//! let x = [1.0, 2.0, /* token 1 */ 3.0, 4.0];
+//! let w = [1.0, 0.0, /* row 1 */ 0.0, 1.0, /* row 2 */ 1.0, 1.0];
+//! let b = [0.5, 0.0, -1.0];
+//! let mut y = [0.0; 6];
+//! lathe_quant::dense::linear(&x, 2, &w, 3, 2, Some(&b), &mut y);
+//! assert_eq!(y, [1.5, 2.0, 2.0, 3.5, 4.0, 6.0]);
+//! ```
+
+/// `y = x weights^T (+ bias)`: `x` is `[n_tokens, cols]`, `weights` `[rows, cols]`, `bias`
+/// `[rows]`, `y` `[n_tokens, rows]`, all row-major. `y` is overwritten.
+///
+/// # Panics
+/// If a slice length does not match the shapes (or a shape product overflows).
+pub fn linear(x: &[f32], n_tokens: usize, weights: &[f32], rows: usize, cols: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+    let x_len = n_tokens.checked_mul(cols).expect("n_tokens * cols overflows");
+    let w_len = rows.checked_mul(cols).expect("rows * cols overflows");
+    let y_len = n_tokens.checked_mul(rows).expect("n_tokens * rows overflows");
+    assert_eq!(x.len(), x_len, "x has {} values, not n_tokens x cols = {n_tokens} x {cols}", x.len());
+    assert_eq!(weights.len(), w_len, "weights have {} values, not rows x cols = {rows} x {cols}", weights.len());
+    assert_eq!(y.len(), y_len, "y has {} values, not n_tokens x rows = {n_tokens} x {rows}", y.len());
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), rows, "bias has {} values, not rows = {rows}", bias.len());
+    }
+    if y_len == 0 {
+        return;
+    }
+    if cols == 0 {
+        // An empty inner dimension: the product is zero (gemm would leave `y` untouched).
+        fill_bias(y, rows, bias);
+        return;
+    }
+    if let Some(bias) = bias {
+        fill_bias(y, rows, Some(bias));
+    }
+    let parallelism = if rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the three lengths were checked above against the shapes. gemm's strides are
+    // (column stride, row stride): y is [n_tokens, rows] row-major (1, rows); x is [n_tokens, cols]
+    // row-major (1, cols); the right-hand side is W^T, [cols, rows], read from W's row-major
+    // storage with column stride `cols` and row stride 1. Every index formed is inside its slice,
+    // and `y` is the only matrix written and the only one borrowed mutably. With `read_dst` the
+    // kernel computes y = 1 * y + 1 * x W^T (the bias pre-filled above); without it y = x W^T.
+    unsafe {
+        gemm::gemm(
+            n_tokens,
+            rows,
+            cols,
+            y.as_mut_ptr(),
+            1,
+            rows as isize,
+            bias.is_some(),
+            x.as_ptr(),
+            1,
+            cols as isize,
+            weights.as_ptr(),
+            cols as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+fn fill_bias(y: &mut [f32], rows: usize, bias: Option<&[f32]>) {
+    for row in y.chunks_exact_mut(rows) {
+        match bias {
+            Some(bias) => row.copy_from_slice(bias),
+            None => row.fill(0.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::linear;
+
+    fn reference(x: &[f32], n_tokens: usize, w: &[f32], rows: usize, cols: usize, bias: Option<&[f32]>) -> Vec<f64> {
+        let mut y = vec![0.0f64; n_tokens * rows];
+        for t in 0..n_tokens {
+            for r in 0..rows {
+                let dot: f64 = (0..cols).map(|c| f64::from(x[t * cols + c]) * f64::from(w[r * cols + c])).sum();
+                y[t * rows + r] = dot + bias.map_or(0.0, |b| f64::from(b[r]));
+            }
+        }
+        y
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_an_f64_reference_on_awkward_shapes() {
+        for &(n_tokens, rows, cols) in &[(1, 1, 1), (1, 7, 33), (3, 17, 5), (32, 40, 64), (5, 384, 100), (129, 9, 31)] {
+            let x = values(n_tokens * cols, 1);
+            let w = values(rows * cols, 2);
+            let b = values(rows, 3);
+            for bias in [None, Some(b.as_slice())] {
+                let mut y = vec![f32::NAN; n_tokens * rows];
+                linear(&x, n_tokens, &w, rows, cols, bias, &mut y);
+                let expected = reference(&x, n_tokens, &w, rows, cols, bias);
+                for (i, (got, want)) in y.iter().zip(&expected).enumerate() {
+                    let tolerance = 1e-6 * cols as f64 + 1e-6;
+                    assert!((f64::from(*got) - want).abs() <= tolerance, "{n_tokens}x{rows}x{cols} [{i}]: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_inner_dimension_gives_the_bias() {
+        let mut y = [f32::NAN; 4];
+        linear(&[], 2, &[], 2, 0, Some(&[1.0, 2.0]), &mut y);
+        assert_eq!(y, [1.0, 2.0, 1.0, 2.0]);
+        linear(&[], 2, &[], 2, 0, None, &mut y);
+        assert_eq!(y, [0.0; 4]);
+    }
+
+    #[test]
+    #[should_panic(expected = "weights have 5 values")]
+    fn mismatched_lengths_panic() {
+        linear(&[0.0; 4], 2, &[0.0; 5], 3, 2, None, &mut [0.0; 6]);
+    }
+}

@@ -1,0 +1,2 @@
+//! Sparse formats and products for lathe (in progress).
+#![deny(missing_docs)]
