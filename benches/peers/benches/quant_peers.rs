@@ -7,8 +7,12 @@
 //! - `quantize_{fmt}` / `dequantize_{fmt}`: functions `lathe_scalar` (`ggml::scalar`), `lathe`
 //!   (the dispatched entry) and `candle`; parameter = f32 size (`4KiB` ... `64MiB`); throughput in
 //!   bytes of f32, read by quantize and written by dequantize.
-//! - `gemv_{fmt}`: function `candle` (later `lathe`), parameter `hot` or `cold`; throughput in
-//!   bytes of quantized weights read per call.
+//! - `gemv_{fmt}`: functions `candle` and `lathe`, parameter `hot` or `cold`; throughput in bytes
+//!   of quantized weights read per call.
+//! - `gemv_int8`: functions `dense` (f32 weights, `lathe_quant::dense`) and `lathe` (int8-channel
+//!   weights), parameter `hot` or `cold`; throughput in weights per call.
+//! - `quant_gemm`: functions `dense`, `lathe_int8-channel`, `lathe_q8_0`, `lathe_q4_0` and
+//!   `candle_q8_0`, parameter `{tokens}x{in}x{out}`; throughput in FLOPs.
 
 use std::hint::black_box;
 use std::marker::PhantomData;
@@ -19,6 +23,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput};
 use lathe_peers::{F32_INPUT_BYTES, L3_BYTES, byte_label, dot_f64, random_f32, relative_error};
 use lathe_quant::ggml::{self, scalar};
+use lathe_quant::{QuantizedMatrix, Scheme, dense};
 
 /// Elements per GGML block of the formats measured here.
 const BLOCK: usize = 32;
@@ -77,6 +82,8 @@ fn main() {
     );
     bench_gemv::<k_quants::BlockQ4_0>(&mut criterion, "q4_0");
     bench_gemv::<k_quants::BlockQ8_0>(&mut criterion, "q8_0");
+    bench_gemv_int8(&mut criterion);
+    bench_bert_gemm(&mut criterion);
     criterion.final_summary();
 }
 
@@ -205,46 +212,150 @@ fn configure(group: &mut BenchmarkGroup<'_, WallTime>, f32_bytes: usize) {
     }
 }
 
-/// candle's quantized matrix-vector product `y[n] = W[n, k] · x[k]` (it quantizes `x` to the
-/// format's activation type on every call, as a decoder does), hot and cold.
+/// The quantized matrix-vector product `y[n] = W[n, k] · x[k]` of candle and lathe (both quantize
+/// `x` to the format's activation type on every call, as a decoder does), hot and cold, on the
+/// same weights: lathe's blocks are byte-identical with candle's (ggml's reference rounding).
 fn bench_gemv<C: GgmlType>(criterion: &mut Criterion, name: &str) {
     let weights_f32 = random_f32(GEMV_N * GEMV_K, 77);
     let x = random_f32(GEMV_K, 78);
     let mut weights = vec![C::zeros(); GEMV_N * GEMV_K / BLOCK];
     C::from_float(&weights_f32, &mut weights);
-    drop(weights_f32);
     let weight_bytes = std::mem::size_of_val(weights.as_slice());
 
-    // Checked once against an f64 product with the weights as candle dequantizes them; the
-    // remaining error is candle's quantization of `x`, well under 1 %.
-    let mut y = vec![0.0f32; GEMV_N];
-    k_quants::matmul::<C>((1, GEMV_K, GEMV_N), &x, &weights, &mut y).expect("candle gemv failed");
+    // Both are checked once against an f64 product with the weights as candle dequantizes them;
+    // the remaining error is the quantization of `x`, well under 1 %.
     let mut dequantized = vec![0.0f32; GEMV_N * GEMV_K];
     C::to_float(&weights, &mut dequantized);
     let expected: Vec<f64> = dequantized.chunks_exact(GEMV_K).map(|row| dot_f64(row, &x)).collect();
-    drop(dequantized);
+    let mut y = vec![0.0f32; GEMV_N];
+    k_quants::matmul::<C>((1, GEMV_K, GEMV_N), &x, &weights, &mut y).expect("candle gemv failed");
     let error = relative_error(&y, &expected);
     assert!(error < 1e-2, "gemv_{name}: candle's result is off by {error} (relative)");
+    let scheme: Scheme = name.parse().expect("a GGML scheme name");
+    let lathe = QuantizedMatrix::quantize(&weights_f32, GEMV_N, GEMV_K, scheme).expect("lathe quantize failed");
+    drop(weights_f32);
+    let mut lathe_dequantized = vec![0.0f32; GEMV_N * GEMV_K];
+    lathe.dequantize(&mut lathe_dequantized);
+    assert!(lathe_dequantized == dequantized, "gemv_{name}: lathe's weights differ from candle's");
+    drop((dequantized, lathe_dequantized));
+    lathe.gemv(&x, &mut y);
+    let error = relative_error(&y, &expected);
+    assert!(error < 1e-2, "gemv_{name}: lathe's result is off by {error} (relative)");
 
     let n_copies = COLD_BYTES.div_ceil(weight_bytes);
-    let copies: Vec<Vec<C>> = (0..n_copies).map(|_| weights.clone()).collect();
-
     let mut group = criterion.benchmark_group(format!("gemv_{name}"));
     group.throughput(Throughput::Bytes(weight_bytes as u64));
-    group.bench_function(BenchmarkId::new("candle", "hot"), |bencher| {
-        bencher
-            .iter(|| k_quants::matmul::<C>((1, GEMV_K, GEMV_N), black_box(&x), black_box(&weights), black_box(&mut y)))
+    let copies: Vec<Vec<C>> = (0..n_copies).map(|_| weights.clone()).collect();
+    bench_hot_cold(&mut group, "candle", &copies, GEMV_N, |weights, y| {
+        k_quants::matmul::<C>((1, GEMV_K, GEMV_N), &x, weights, y).expect("candle gemv failed")
+    });
+    drop(copies);
+    let copies: Vec<QuantizedMatrix> = (0..n_copies).map(|_| lathe.clone()).collect();
+    bench_hot_cold(&mut group, "lathe", &copies, GEMV_N, |matrix, y| matrix.gemv(&x, y));
+    group.finish();
+}
+
+/// lathe's int8 GEMV (per-channel weights, per-token activations quantized on every call) beside
+/// the dense f32 GEMV of `lathe_quant::dense` on the same 4096x4096 layer, hot and cold.
+/// Throughput is in weights (elements), the same for both, so the ratio is the speed-up.
+fn bench_gemv_int8(criterion: &mut Criterion) {
+    let weights = random_f32(GEMV_N * GEMV_K, 79);
+    let x = random_f32(GEMV_K, 80);
+    let expected: Vec<f64> = weights.chunks_exact(GEMV_K).map(|row| dot_f64(row, &x)).collect();
+    let mut y = vec![0.0f32; GEMV_N];
+    dense::linear(&x, 1, &weights, GEMV_N, GEMV_K, None, &mut y);
+    let error = relative_error(&y, &expected);
+    assert!(error < 1e-5, "gemv_int8: the dense result is off by {error} (relative)");
+    let int8 = QuantizedMatrix::quantize(&weights, GEMV_N, GEMV_K, "int8-channel".parse().unwrap()).unwrap();
+    int8.gemv(&x, &mut y);
+    let error = relative_error(&y, &expected);
+    assert!(error < 2e-2, "gemv_int8: lathe's int8 result is off by {error} (relative)");
+
+    let mut group = criterion.benchmark_group("gemv_int8");
+    group.throughput(Throughput::Elements((GEMV_N * GEMV_K) as u64));
+    let n_copies = COLD_BYTES.div_ceil(weights.len() * 4);
+    let copies: Vec<Vec<f32>> = (0..n_copies).map(|_| weights.clone()).collect();
+    drop(weights);
+    bench_hot_cold(&mut group, "dense", &copies, GEMV_N, |weights, y| {
+        dense::linear(&x, 1, weights, GEMV_N, GEMV_K, None, y)
+    });
+    drop(copies);
+    let n_copies = COLD_BYTES.div_ceil(GEMV_N * GEMV_K);
+    let copies: Vec<QuantizedMatrix> = (0..n_copies).map(|_| int8.clone()).collect();
+    bench_hot_cold(&mut group, "lathe", &copies, GEMV_N, |matrix, y| matrix.gemv(&x, y));
+    group.finish();
+}
+
+/// Times `run` on the first copy over and over (`hot`) and on the copies in turn (`cold`).
+fn bench_hot_cold<T>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    function: &str,
+    copies: &[T],
+    n_outputs: usize,
+    run: impl Fn(&T, &mut [f32]),
+) {
+    group.sample_size(50).sampling_mode(SamplingMode::Flat);
+    let mut y = vec![0.0f32; n_outputs];
+    group.bench_function(BenchmarkId::new(function, "hot"), |bencher| {
+        bencher.iter(|| run(black_box(&copies[0]), black_box(&mut y)))
     });
     let mut copy_idx = 0;
-    group.bench_function(BenchmarkId::new("candle", "cold"), |bencher| {
+    group.bench_function(BenchmarkId::new(function, "cold"), |bencher| {
         bencher.iter(|| {
-            copy_idx = (copy_idx + 1) % n_copies;
-            k_quants::matmul::<C>((1, GEMV_K, GEMV_N), black_box(&x), black_box(&copies[copy_idx]), black_box(&mut y))
+            copy_idx = (copy_idx + 1) % copies.len();
+            run(black_box(&copies[copy_idx]), black_box(&mut y))
         })
     });
-    // lathe's GEMV rows go here, once lathe-quant has a Q4_0 / Q8_0 matrix-vector kernel: the same
-    // `x`, `weights` (hot) and `copies` (cold) quantized with lathe, as functions `lathe` with
-    // parameters `hot` and `cold`, so that `cargo xtask bench` fills its `lathe` column and the
-    // lathe / candle ratio from them without further changes.
+}
+
+/// The BERT layers (MiniLM's attention 384x384, FFN up 1536x384, FFN down 384x1536, as `out x
+/// in`) with 1, 32 and 128 tokens: the dense f32 GEMM beside lathe's quantized GEMMs (activations
+/// quantized on every call) and candle's. Throughput in FLOPs (`2 * tokens * in * out`).
+fn bench_bert_gemm(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("quant_gemm");
+    group.sample_size(50);
+    for (out_features, in_features) in [(384, 384), (1536, 384), (384, 1536)] {
+        let weights = random_f32(out_features * in_features, 81);
+        for tokens in [1, 32, 128] {
+            let x = random_f32(tokens * in_features, 82);
+            let expected: Vec<f64> = x
+                .chunks_exact(in_features)
+                .flat_map(|token| weights.chunks_exact(in_features).map(|row| dot_f64(row, token)))
+                .collect();
+            let parameter = format!("{tokens}x{in_features}x{out_features}");
+            group.throughput(Throughput::Elements(2 * (tokens * in_features * out_features) as u64));
+            let mut y = vec![0.0f32; tokens * out_features];
+            dense::linear(&x, tokens, &weights, out_features, in_features, None, &mut y);
+            assert!(relative_error(&y, &expected) < 1e-5, "quant_gemm {parameter}: dense is off");
+            group.bench_function(BenchmarkId::new("dense", &parameter), |bencher| {
+                bencher.iter(|| {
+                    dense::linear(black_box(&x), tokens, black_box(&weights), out_features, in_features, None, &mut y)
+                })
+            });
+            for scheme in ["int8-channel", "q8_0", "q4_0"] {
+                let matrix = QuantizedMatrix::quantize(&weights, out_features, in_features, scheme.parse().unwrap())
+                    .expect("lathe quantize failed");
+                matrix.gemm(&x, tokens, &mut y);
+                let error = relative_error(&y, &expected);
+                assert!(error < 0.15, "quant_gemm {parameter}: lathe {scheme} is off by {error}");
+                group.bench_function(BenchmarkId::new(format!("lathe_{scheme}"), &parameter), |bencher| {
+                    bencher.iter(|| matrix.gemm(black_box(&x), tokens, black_box(&mut y)))
+                });
+            }
+            let mut candle_weights = vec![k_quants::BlockQ8_0::zeros(); out_features * in_features / BLOCK];
+            k_quants::BlockQ8_0::from_float(&weights, &mut candle_weights);
+            group.bench_function(BenchmarkId::new("candle_q8_0", &parameter), |bencher| {
+                bencher.iter(|| {
+                    k_quants::matmul::<k_quants::BlockQ8_0>(
+                        (tokens, in_features, out_features),
+                        black_box(&x),
+                        black_box(&candle_weights),
+                        black_box(&mut y),
+                    )
+                    .expect("candle gemm failed")
+                })
+            });
+        }
+    }
     group.finish();
 }

@@ -26,7 +26,15 @@
 ///
 /// # Panics
 /// If a slice length does not match the shapes (or a shape product overflows).
-pub fn linear(x: &[f32], n_tokens: usize, weights: &[f32], rows: usize, cols: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+pub fn linear(
+    x: &[f32],
+    n_tokens: usize,
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
     let x_len = n_tokens.checked_mul(cols).expect("n_tokens * cols overflows");
     let w_len = rows.checked_mul(cols).expect("rows * cols overflows");
     let y_len = n_tokens.checked_mul(rows).expect("n_tokens * rows overflows");
@@ -131,7 +139,10 @@ mod tests {
                 let expected = reference(&x, n_tokens, &w, rows, cols, bias);
                 for (i, (got, want)) in y.iter().zip(&expected).enumerate() {
                     let tolerance = 1e-6 * cols as f64 + 1e-6;
-                    assert!((f64::from(*got) - want).abs() <= tolerance, "{n_tokens}x{rows}x{cols} [{i}]: {got} vs {want}");
+                    assert!(
+                        (f64::from(*got) - want).abs() <= tolerance,
+                        "{n_tokens}x{rows}x{cols} [{i}]: {got} vs {want}"
+                    );
                 }
             }
         }

@@ -6,7 +6,11 @@ use bytemuck::Zeroable;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::ggml::{self, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
+use std::borrow::Cow;
+
+use crate::ggml::{
+    self, BlockQ4_0x4, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_1, Interleaved, QK,
+};
 use crate::linear::{self, IntMatrix};
 use crate::{Error, Result, Scheme, cast, dot};
 
@@ -40,12 +44,61 @@ pub struct QuantizedMatrix {
 enum Weights {
     F16(Vec<f16>),
     Bf16(Vec<bf16>),
-    Q8_0(Vec<BlockQ8_0>),
-    Q4_0(Vec<BlockQ4_0>),
+    Q8_0(Quads<BlockQ8_0x4>),
+    Q4_0(Quads<BlockQ4_0x4>),
     Q4_1(Vec<BlockQ4_1>),
     Q5_0(Vec<BlockQ5_0>),
     Q5_1(Vec<BlockQ5_1>),
     Int(IntMatrix),
+}
+
+/// GGML blocks with each four consecutive rows interleaved (`BlockQ8_0x4`, `BlockQ4_0x4`): the
+/// GEMV reads four rows as one sequential stream and converts their four scales at once. The
+/// last `rows % 4` rows stay plain. Conversion to ggml's row-major blocks is exact both ways.
+#[derive(Debug, Clone)]
+struct Quads<Q: Interleaved> {
+    blocks_per_row: usize,
+    /// `[rows / 4, blocks_per_row]`.
+    quads: Vec<Q>,
+    /// `[rows % 4, blocks_per_row]`.
+    rest: Vec<Q::Block>,
+}
+
+impl<Q: Interleaved> Quads<Q> {
+    fn new(blocks: &[Q::Block], blocks_per_row: usize) -> Self {
+        let interleaved = blocks.len() / (4 * blocks_per_row.max(1)) * 4 * blocks_per_row;
+        let quads = blocks[..interleaved]
+            .chunks_exact((4 * blocks_per_row).max(1))
+            .flat_map(|four| ggml::interleave::<Q>(four, blocks_per_row))
+            .collect();
+        Quads { blocks_per_row, quads, rest: blocks[interleaved..].to_vec() }
+    }
+
+    /// The four rows from `row` (a multiple of four, below `4 * (rows / 4)`).
+    fn quad(&self, row: usize) -> &[Q] {
+        &self.quads[row / 4 * self.blocks_per_row..][..self.blocks_per_row]
+    }
+
+    fn n_interleaved_rows(&self) -> usize {
+        4 * self.quads.len() / self.blocks_per_row.max(1)
+    }
+
+    /// Row `row`'s blocks in ggml's layout.
+    fn row(&self, row: usize) -> std::borrow::Cow<'_, [Q::Block]> {
+        let interleaved = self.n_interleaved_rows();
+        if row >= interleaved {
+            let rest_row = row - interleaved;
+            std::borrow::Cow::Borrowed(&self.rest[rest_row * self.blocks_per_row..][..self.blocks_per_row])
+        } else {
+            std::borrow::Cow::Owned(self.quad(row / 4 * 4).iter().map(|quad| quad.block(row % 4)).collect())
+        }
+    }
+
+    /// Every row's blocks in ggml's layout, row-major.
+    fn to_blocks(&self) -> Vec<Q::Block> {
+        let n_rows = self.n_interleaved_rows() + self.rest.len() / self.blocks_per_row.max(1);
+        (0..n_rows).flat_map(|row| self.row(row).into_owned()).collect()
+    }
 }
 
 /// Activations of the tokens, quantized once per call in the form the weights' dot needs.
@@ -111,8 +164,8 @@ impl QuantizedMatrix {
                 cast::f32_to_bf16(weights, &mut dst);
                 Weights::Bf16(dst)
             }
-            Scheme::Q8_0 => Weights::Q8_0(blocks(weights, ggml::quantize_q8_0)),
-            Scheme::Q4_0 => Weights::Q4_0(blocks(weights, ggml::quantize_q4_0)),
+            Scheme::Q8_0 => Weights::Q8_0(Quads::new(&blocks(weights, ggml::quantize_q8_0), cols / QK)),
+            Scheme::Q4_0 => Weights::Q4_0(Quads::new(&blocks(weights, ggml::quantize_q4_0), cols / QK)),
             Scheme::Q4_1 => Weights::Q4_1(blocks(weights, ggml::quantize_q4_1)),
             Scheme::Q5_0 => Weights::Q5_0(blocks(weights, ggml::quantize_q5_0)),
             Scheme::Q5_1 => Weights::Q5_1(blocks(weights, ggml::quantize_q5_1)),
@@ -144,16 +197,17 @@ impl QuantizedMatrix {
         }
     }
 
-    /// The raw bytes of GGML and float schemes, exactly as a GGUF file stores the tensor.
-    pub fn as_bytes(&self) -> Option<&[u8]> {
+    /// The raw bytes of GGML and float schemes, exactly as a GGUF file stores the tensor
+    /// (a copy for Q8_0 and Q4_0, which are kept with four rows interleaved for the kernels).
+    pub fn as_bytes(&self) -> Option<Cow<'_, [u8]>> {
         Some(match &self.weights {
-            Weights::F16(v) => bytemuck::cast_slice(v),
-            Weights::Bf16(v) => bytemuck::cast_slice(v),
-            Weights::Q8_0(v) => bytemuck::cast_slice(v),
-            Weights::Q4_0(v) => bytemuck::cast_slice(v),
-            Weights::Q4_1(v) => bytemuck::cast_slice(v),
-            Weights::Q5_0(v) => bytemuck::cast_slice(v),
-            Weights::Q5_1(v) => bytemuck::cast_slice(v),
+            Weights::F16(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
+            Weights::Bf16(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
+            Weights::Q8_0(v) => Cow::Owned(bytemuck::cast_slice(&v.to_blocks()).to_vec()),
+            Weights::Q4_0(v) => Cow::Owned(bytemuck::cast_slice(&v.to_blocks()).to_vec()),
+            Weights::Q4_1(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
+            Weights::Q5_0(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
+            Weights::Q5_1(v) => Cow::Borrowed(bytemuck::cast_slice(v)),
             Weights::Int(_) => return None,
         })
     }
@@ -167,8 +221,11 @@ impl QuantizedMatrix {
         match &self.weights {
             Weights::F16(v) => cast::f16_to_f32(v, dst),
             Weights::Bf16(v) => cast::bf16_to_f32(v, dst),
-            Weights::Q8_0(v) => ggml::dequantize_q8_0(v, dst),
-            Weights::Q4_0(v) => ggml::dequantize_q4_0(v, dst),
+            Weights::Q8_0(_) | Weights::Q4_0(_) => {
+                for (row, dst) in dst.chunks_exact_mut(self.cols).enumerate() {
+                    self.dequantize_row(row, dst);
+                }
+            }
             Weights::Q4_1(v) => ggml::dequantize_q4_1(v, dst),
             Weights::Q5_0(v) => ggml::dequantize_q5_0(v, dst),
             Weights::Q5_1(v) => ggml::dequantize_q5_1(v, dst),
@@ -245,8 +302,20 @@ impl QuantizedMatrix {
         let out: &mut [f32] = if n_tokens == 1 { y } else { &mut transposed };
         out.par_chunks_mut(ROWS_PER_TASK * n_tokens).enumerate().for_each(|(task, chunk)| {
             let mut row_buffer = Vec::new();
-            for (offset, outputs) in chunk.chunks_exact_mut(n_tokens).enumerate() {
-                self.row_outputs(task * ROWS_PER_TASK + offset, x, activations, outputs, &mut row_buffer);
+            let first_row = task * ROWS_PER_TASK;
+            let first_rest = first_row + (chunk.len() / n_tokens) / 4 * 4;
+            let mut quads = chunk.chunks_exact_mut(4 * n_tokens);
+            for (quad, outputs) in (&mut quads).enumerate() {
+                let row = first_row + 4 * quad;
+                if !self.quad_outputs(row, activations, outputs) {
+                    for (offset, outputs) in outputs.chunks_exact_mut(n_tokens).enumerate() {
+                        self.row_outputs(row + offset, x, activations, outputs, &mut row_buffer);
+                    }
+                }
+            }
+            // The last task's rows beyond a multiple of four.
+            for (offset, outputs) in quads.into_remainder().chunks_exact_mut(n_tokens).enumerate() {
+                self.row_outputs(first_rest + offset, x, activations, outputs, &mut row_buffer);
             }
         });
         if n_tokens > 1 {
@@ -256,6 +325,55 @@ impl QuantizedMatrix {
                 }
             }
         }
+    }
+
+    /// The outputs of the four weight rows from `row` for every token (`outputs` is `[4, n_tokens]`)
+    /// with the four-row kernels, which load each activation block once for the four; `false`
+    /// (nothing written) for the schemes without one.
+    fn quad_outputs(&self, row: usize, activations: &Activations, outputs: &mut [f32]) -> bool {
+        let cols = self.cols;
+        let n_tokens = outputs.len() / 4;
+        let blocks_per_row = cols / QK;
+        let mut store = |t: usize, values: [f32; 4]| {
+            for (r, value) in values.into_iter().enumerate() {
+                outputs[r * n_tokens + t] = value;
+            }
+        };
+        match (&self.weights, activations) {
+            (Weights::Q8_0(w), Activations::Q8_0(a)) => {
+                for (t, token) in a.chunks_exact(blocks_per_row).enumerate() {
+                    store(t, dot::dot_q8_0x4_q8_0(w.quad(row), token));
+                }
+            }
+            (Weights::Q4_0(w), Activations::Q8_0(a)) => {
+                for (t, token) in a.chunks_exact(blocks_per_row).enumerate() {
+                    store(t, dot::dot_q4_0x4_q8_0(w.quad(row), token));
+                }
+            }
+            (Weights::Int(w), Activations::I8 { values, scales, group_sums }) => {
+                let group = w.group_len();
+                let groups_per_row = cols / group;
+                let weight_rows: [&[i8]; 4] =
+                    std::array::from_fn(|r| &w.values()[(row + r) * cols..(row + r + 1) * cols]);
+                for (t, token) in values.chunks_exact(cols).enumerate() {
+                    let mut sums = [0.0f32; 4];
+                    for g in 0..groups_per_row {
+                        let span = g * group..(g + 1) * group;
+                        let integers = dot::dot_i8_i8_x4(weight_rows.map(|w| &w[span.clone()]), &token[span]);
+                        for (r, (sum, mut integer)) in sums.iter_mut().zip(integers).enumerate() {
+                            let (scale, zero_point) = w.group_params(w.group_index(row + r, g * group));
+                            if zero_point != 0 {
+                                integer -= i32::from(zero_point) * group_sums[t * groups_per_row + g];
+                            }
+                            *sum += scale * integer as f32;
+                        }
+                    }
+                    store(t, sums.map(|sum| sum * scales[t]));
+                }
+            }
+            _ => return false,
+        }
+        true
     }
 
     /// The outputs of one weight row for every token.
@@ -271,12 +389,8 @@ impl QuantizedMatrix {
         let blocks_per_row = cols / QK;
         let row_blocks = row * blocks_per_row..(row + 1) * blocks_per_row;
         match (&self.weights, activations) {
-            (Weights::Q8_0(w), Activations::Q8_0(a)) => {
-                dot_tokens(&w[row_blocks.clone()], a, outputs, dot::dot_q8_0_q8_0)
-            }
-            (Weights::Q4_0(w), Activations::Q8_0(a)) => {
-                dot_tokens(&w[row_blocks.clone()], a, outputs, dot::dot_q4_0_q8_0)
-            }
+            (Weights::Q8_0(w), Activations::Q8_0(a)) => dot_tokens(&w.row(row), a, outputs, dot::dot_q8_0_q8_0),
+            (Weights::Q4_0(w), Activations::Q8_0(a)) => dot_tokens(&w.row(row), a, outputs, dot::dot_q4_0_q8_0),
             (Weights::Q5_0(w), Activations::Q8_0(a)) => {
                 dot_tokens(&w[row_blocks.clone()], a, outputs, dot::dot_q5_0_q8_0)
             }
@@ -323,8 +437,8 @@ impl QuantizedMatrix {
         match &self.weights {
             Weights::F16(v) => cast::f16_to_f32(&v[elements], dst),
             Weights::Bf16(v) => cast::bf16_to_f32(&v[elements], dst),
-            Weights::Q8_0(v) => ggml::dequantize_q8_0(&v[blocks], dst),
-            Weights::Q4_0(v) => ggml::dequantize_q4_0(&v[blocks], dst),
+            Weights::Q8_0(v) => ggml::dequantize_q8_0(&v.row(row), dst),
+            Weights::Q4_0(v) => ggml::dequantize_q4_0(&v.row(row), dst),
             Weights::Q4_1(v) => ggml::dequantize_q4_1(&v[blocks], dst),
             Weights::Q5_0(v) => ggml::dequantize_q5_0(&v[blocks], dst),
             Weights::Q5_1(v) => ggml::dequantize_q5_1(&v[blocks], dst),
@@ -454,6 +568,29 @@ mod tests {
                 reference(&QuantizedMatrix::quantize(&weights, rows, cols, Scheme::F16).unwrap(), &x, n_tokens, true);
             let worst = y.iter().zip(&exact).map(|(&a, &b)| (f64::from(a) - b).abs()).fold(0.0, f64::max);
             assert!(worst < 0.05 * scale, "{name}: worst error {worst} against scale {scale}");
+        }
+    }
+
+    #[test]
+    fn interleaved_rows_give_back_ggml_blocks() {
+        for rows in [1, 4, 7, 37] {
+            let cols = 96;
+            let weights = values(rows * cols, 9);
+            for (name, ggml_bytes) in [
+                ("q8_0", bytemuck::cast_slice::<_, u8>(&blocks(&weights, ggml::quantize_q8_0)).to_vec()),
+                ("q4_0", bytemuck::cast_slice::<_, u8>(&blocks(&weights, ggml::quantize_q4_0)).to_vec()),
+            ] {
+                let matrix = QuantizedMatrix::quantize(&weights, rows, cols, name.parse().unwrap()).unwrap();
+                assert_eq!(matrix.as_bytes().unwrap().as_ref(), ggml_bytes.as_slice(), "{name}, {rows} rows");
+                let mut dequantized = vec![0.0f32; rows * cols];
+                matrix.dequantize(&mut dequantized);
+                let mut expected = vec![0.0f32; rows * cols];
+                match name {
+                    "q8_0" => ggml::dequantize_q8_0(bytemuck::cast_slice(&ggml_bytes), &mut expected),
+                    _ => ggml::dequantize_q4_0(bytemuck::cast_slice(&ggml_bytes), &mut expected),
+                }
+                assert_eq!(dequantized, expected, "{name}, {rows} rows");
+            }
         }
     }
 

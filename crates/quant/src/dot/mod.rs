@@ -44,7 +44,7 @@ mod x86_64;
 use std::sync::OnceLock;
 
 use crate::Isa;
-use crate::ggml::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
+use crate::ggml::{BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_1};
 
 /// The dot-product kernels of one instruction set. Every kernel panics when its operands differ
 /// in length; otherwise all agree with the scalar ones as the [module docs](self) state.
@@ -59,6 +59,9 @@ pub struct DotKernels {
     pub q5_1_q8_1: fn(&[BlockQ5_1], &[BlockQ8_1]) -> f32,
     pub i8_i8: fn(&[i8], &[i8]) -> i32,
     pub f32_f32: fn(&[f32], &[f32]) -> f32,
+    pub q8_0x4_q8_0: fn(&[BlockQ8_0x4], &[BlockQ8_0]) -> [f32; 4],
+    pub q4_0x4_q8_0: fn(&[BlockQ4_0x4], &[BlockQ8_0]) -> [f32; 4],
+    pub i8_i8_x4: fn([&[i8]; 4], &[i8]) -> [i32; 4],
 }
 
 const SCALAR: DotKernels = DotKernels {
@@ -70,6 +73,9 @@ const SCALAR: DotKernels = DotKernels {
     q5_1_q8_1: scalar::dot_q5_1_q8_1,
     i8_i8: scalar::dot_i8_i8,
     f32_f32: scalar::dot_f32_f32,
+    q8_0x4_q8_0: scalar::dot_q8_0x4_q8_0,
+    q4_0x4_q8_0: scalar::dot_q4_0x4_q8_0,
+    i8_i8_x4: scalar::dot_i8_i8_x4,
 };
 
 /// The kernels of `isa`, or `None` when this CPU cannot run them.
@@ -113,6 +119,26 @@ dispatched_kernels! {
     dot_q5_1_q8_1: q5_1_q8_1(&[BlockQ5_1], &[BlockQ8_1]) -> f32, "Q5_1 weights times Q8_1 activations";
     dot_i8_i8: i8_i8(&[i8], &[i8]) -> i32, "Int8 times int8, summed exactly in i32 (wrapping on overflow)";
     dot_f32_f32: f32_f32(&[f32], &[f32]) -> f32, "f32 times f32";
+    dot_q8_0x4_q8_0: q8_0x4_q8_0(&[BlockQ8_0x4], &[BlockQ8_0]) -> [f32; 4],
+        "Four interleaved rows of Q8_0 weights times the same Q8_0 activations: `dot_q8_0_q8_0` of each row";
+    dot_q4_0x4_q8_0: q4_0x4_q8_0(&[BlockQ4_0x4], &[BlockQ8_0]) -> [f32; 4],
+        "Four interleaved rows of Q4_0 weights times the same Q8_0 activations: `dot_q4_0_q8_0` of each row";
+}
+
+macro_rules! dispatched_kernels_x4 {
+    ($( $name:ident: $field:ident($x:ty, $y:ty) -> $out:ty, $single:ident; )*) => {$(
+        #[doc = concat!("Four rows at once: [`", stringify!($single), "`] of each of `rows` with the same `y`, \
+            which is loaded once for the four (the inner loop of GEMV and GEMM). Each result agrees with \
+            [`scalar::", stringify!($single), "`] as the [module docs](self) state.\n\n# Panics\n\
+            If a row's length differs from `y.len()`.")]
+        pub fn $name(rows: [&[$x]; 4], y: &[$y]) -> [$out; 4] {
+            (dispatched().$field)(rows, y)
+        }
+    )*};
+}
+
+dispatched_kernels_x4! {
+    dot_i8_i8_x4: i8_i8_x4(i8, i8) -> i32, dot_i8_i8;
 }
 
 #[cfg(test)]
@@ -127,7 +153,7 @@ mod tests {
 
     use super::scalar::{integer_dot, q4_0_values, q4_1_values, q5_0_values, q5_1_values};
     use super::*;
-    use crate::ggml::{self, QK};
+    use crate::ggml::{self, Interleaved, QK};
 
     /// Every table this CPU runs, scalar first.
     fn tables() -> Vec<&'static DotKernels> {
@@ -304,7 +330,69 @@ mod tests {
         })
     }
 
+    type FourRowKernel<Q, Y> = fn(&DotKernels) -> fn(&[Q], &[Y]) -> [f32; 4];
+
+    /// Four rows of weight blocks and one of activations, each row starting `offset` blocks in.
+    fn quads<X: Clone + Debug, Y: Clone + Debug>(
+        x: impl Strategy<Value = X>,
+        y: impl Strategy<Value = Y>,
+    ) -> impl Strategy<Value = (Vec<[X; 4]>, Vec<Y>, usize)> {
+        (vec((uniform4(x), y), 0..=12), 0usize..=3).prop_map(|(blocks, offset)| {
+            let offset = offset.min(blocks.len());
+            let (x, y) = blocks.into_iter().unzip();
+            (x, y, offset)
+        })
+    }
+
+    /// Every table's four-row kernel against the scalar single-row one, row by row, within the
+    /// documented bound; the scalar four-row kernel must equal the single-row one exactly.
+    fn check_quads<Q: Interleaved, Y: Copy>(
+        x: &[[Q::Block; 4]],
+        y: &[Y],
+        single: fn(&[Q::Block], &[Y]) -> f32,
+        four: FourRowKernel<Q, Y>,
+    ) -> Result<(), TestCaseError>
+    where
+        (Q::Block, Y): Pair,
+    {
+        let interleaved: Vec<Q> = x.iter().map(|&blocks| Q::from_blocks(blocks)).collect();
+        for table in tables() {
+            let fast = four(table)(&interleaved, y);
+            for r in 0..4 {
+                let row: Vec<Q::Block> = x.iter().map(|blocks| blocks[r]).collect();
+                let reference = single(&row, y);
+                let magnitude: f64 = row.iter().zip(y).map(|(&bx, &by)| (bx, by).magnitude_and_exact().0).sum();
+                let error = (f64::from(fast[r]) - f64::from(reference)).abs();
+                let bound = if table.isa == Isa::Scalar { 0.0 } else { block_tolerance(x.len(), magnitude) };
+                prop_assert!(error <= bound, "{} row {r}: {} vs {reference}", table.isa.name(), fast[r]);
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
+        #[test]
+        fn q8_0x4_q8_0_matches_scalar((x, y, offset) in quads(q8_0(scale()), q8_0(scale()))) {
+            check_quads::<BlockQ8_0x4, _>(&x[offset..], &y[offset..], scalar::dot_q8_0_q8_0, |k| k.q8_0x4_q8_0)?;
+        }
+
+        #[test]
+        fn q4_0x4_q8_0_matches_scalar((x, y, offset) in quads(q4_0(scale()), q8_0(scale()))) {
+            check_quads::<BlockQ4_0x4, _>(&x[offset..], &y[offset..], scalar::dot_q4_0_q8_0, |k| k.q4_0x4_q8_0)?;
+        }
+
+        #[test]
+        fn i8_i8_x4_is_exact(
+            (rows, y) in (0usize..=4 * 32 + 3).prop_flat_map(|len| (uniform4(vec(int8(), len)), vec(int8(), len)))
+        ) {
+            for table in tables() {
+                let four = (table.i8_i8_x4)(rows.each_ref().map(Vec::as_slice), &y);
+                for (r, row) in rows.iter().enumerate() {
+                    prop_assert_eq!(four[r], scalar::dot_i8_i8(row, &y), "{} row {}", table.isa.name(), r);
+                }
+            }
+        }
+
         #[test]
         fn q8_0_q8_0_matches_scalar((x, y, offset) in pairs(q8_0(scale()), q8_0(scale()))) {
             check_blocks(&x[offset..], &y[offset..], |k| k.q8_0_q8_0)?;

@@ -2,7 +2,9 @@
 //! block, in the same f32 operation order, so the GGML results are bit-identical with ggml's
 //! reference. The SIMD paths are tested against these.
 
-use crate::ggml::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
+use crate::ggml::{
+    BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_1, Interleaved, QK,
+};
 
 use super::assert_same_len;
 
@@ -135,6 +137,47 @@ pub fn dot_i8_i8(x: &[i8], y: &[i8]) -> i32 {
 pub fn dot_f32_f32(x: &[f32], y: &[f32]) -> f32 {
     assert_same_len(x.len(), y.len());
     x.iter().zip(y).fold(0.0f32, |sum, (&a, &b)| sum + a * b)
+}
+
+/// [`dot_q8_0_q8_0`] of each of four interleaved rows with the same activations, in the same
+/// f32 operation order (so each result equals the single-row reference exactly).
+///
+/// # Panics
+/// If `x.len() != y.len()`.
+pub fn dot_q8_0x4_q8_0(x: &[BlockQ8_0x4], y: &[BlockQ8_0]) -> [f32; 4] {
+    assert_same_len(x.len(), y.len());
+    let mut sums = [0.0f32; 4];
+    for (bx, by) in x.iter().zip(y) {
+        for (r, sum) in sums.iter_mut().enumerate() {
+            *sum += integer_dot(&bx.qs[r], &by.qs) as f32 * (bx.d[r].to_f32() * by.d.to_f32());
+        }
+    }
+    sums
+}
+
+/// [`dot_q4_0_q8_0`] of each of four interleaved rows with the same activations, in the same
+/// f32 operation order.
+///
+/// # Panics
+/// If `x.len() != y.len()`.
+pub fn dot_q4_0x4_q8_0(x: &[BlockQ4_0x4], y: &[BlockQ8_0]) -> [f32; 4] {
+    assert_same_len(x.len(), y.len());
+    let mut sums = [0.0f32; 4];
+    for (bx, by) in x.iter().zip(y) {
+        for (r, sum) in sums.iter_mut().enumerate() {
+            let sumi = integer_dot(&q4_0_values(&bx.block(r)), &by.qs);
+            *sum += sumi as f32 * bx.d[r].to_f32() * by.d.to_f32();
+        }
+    }
+    sums
+}
+
+/// [`dot_i8_i8`] of each of four rows with the same activations.
+///
+/// # Panics
+/// If a row's length differs from `y.len()`.
+pub fn dot_i8_i8_x4(rows: [&[i8]; 4], y: &[i8]) -> [i32; 4] {
+    rows.map(|row| dot_i8_i8(row, y))
 }
 
 #[cfg(test)]

@@ -171,3 +171,66 @@ mod tests {
         assert_eq!(size_of::<BlockQ6_K>(), 210);
     }
 }
+
+/// The Q8_0 blocks of four consecutive weight rows at one block column, scales first: the layout
+/// [`QuantizedMatrix`](crate::QuantizedMatrix) keeps for GEMV and GEMM, so that the four rows
+/// stream from memory as one sequence and their scales convert with one instruction. Not a GGUF
+/// type: [`interleave`] and [`BlockQ8_0x4::block`] convert from and to ggml's blocks exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ8_0x4 {
+    /// Scales of rows 0..4.
+    pub d: [f16; 4],
+    /// Quantized values of rows 0..4.
+    pub qs: [[i8; QK]; 4],
+}
+
+/// The Q4_0 blocks of four consecutive weight rows at one block column (see [`BlockQ8_0x4`]).
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ4_0x4 {
+    /// Scales of rows 0..4.
+    pub d: [f16; 4],
+    /// Packed nibbles of rows 0..4, each as in [`BlockQ4_0`].
+    pub qs: [[u8; QK / 2]; 4],
+}
+
+/// A block of one row and the four-row block that holds it.
+pub trait Interleaved: Pod + std::fmt::Debug {
+    /// The single-row block.
+    type Block: Pod + std::fmt::Debug;
+    /// Row `r` (0..4) of the four.
+    fn block(&self, r: usize) -> Self::Block;
+    /// The four rows' blocks together.
+    fn from_blocks(blocks: [Self::Block; 4]) -> Self;
+}
+
+impl Interleaved for BlockQ8_0x4 {
+    type Block = BlockQ8_0;
+    fn block(&self, r: usize) -> BlockQ8_0 {
+        BlockQ8_0 { d: self.d[r], qs: self.qs[r] }
+    }
+    fn from_blocks(blocks: [BlockQ8_0; 4]) -> Self {
+        BlockQ8_0x4 { d: blocks.map(|b| b.d), qs: blocks.map(|b| b.qs) }
+    }
+}
+
+impl Interleaved for BlockQ4_0x4 {
+    type Block = BlockQ4_0;
+    fn block(&self, r: usize) -> BlockQ4_0 {
+        BlockQ4_0 { d: self.d[r], qs: self.qs[r] }
+    }
+    fn from_blocks(blocks: [BlockQ4_0; 4]) -> Self {
+        BlockQ4_0x4 { d: blocks.map(|b| b.d), qs: blocks.map(|b| b.qs) }
+    }
+}
+
+/// Interleaves four rows of `blocks_per_row` blocks each (`rows.len() == 4 * blocks_per_row`,
+/// row-major) into `blocks_per_row` four-row blocks.
+///
+/// # Panics
+/// If `rows.len() != 4 * blocks_per_row`.
+pub fn interleave<Q: Interleaved>(rows: &[Q::Block], blocks_per_row: usize) -> Vec<Q> {
+    assert_eq!(rows.len(), 4 * blocks_per_row, "interleave takes four rows of blocks");
+    (0..blocks_per_row).map(|b| Q::from_blocks(std::array::from_fn(|r| rows[r * blocks_per_row + b]))).collect()
+}

@@ -1,11 +1,13 @@
 //! AVX2 + FMA + F16C dot products.
 //!
 //! The integer part of every kernel is exact for every input, -128 included. Signed bytes
-//! against signed bytes (Q8_0 x Q8_0, int8) are sign-extended to i16 and multiplied with `madd`;
-//! the 4- and 5-bit weights are unsigned operands of at most 31 in `maddubs`, whose pair sums (at
-//! most 31 * 128 * 2) cannot saturate. The offsets of Q4_0 and Q5_0 are subtracted as a second
-//! `maddubs` of the activations against the offset, not with ggml's `sign` trick, which is wrong
-//! for an activation of -128 and takes as many instructions.
+//! against signed bytes (Q8_0 x Q8_0, int8) are sign-extended to i16 and multiplied with `madd`,
+//! except in the four-row kernels: there the activations, shared by the four rows, are checked
+//! once for -128, and without one each row takes `maddubs(|x|, y * sign(x))` (ggml's `sign` trick
+//! with the roles that keep it exact for a weight of -128); a block with -128 takes the widening
+//! path. The 4- and 5-bit weights are unsigned operands of at most 31 in `maddubs`, whose pair
+//! sums (at most 31 * 128 * 2) cannot saturate. The offsets of Q4_0 and Q5_0 are subtracted as a
+//! second `maddubs` of the activations against the offset.
 //!
 //! The GGML kernels take four blocks per step, each into its own accumulator of eight lanes, and
 //! convert the step's eight f16 scales with one instruction. Only the f32 accumulation order
@@ -15,10 +17,23 @@ use std::arch::x86_64::*;
 
 use crate::Isa;
 use crate::dot::{DotKernels, assert_same_len};
-use crate::ggml::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
+use half::f16;
 
-static AVX2: DotKernels =
-    DotKernels { isa: Isa::Avx2, q8_0_q8_0, q4_0_q8_0, q4_1_q8_1, q5_0_q8_0, q5_1_q8_1, i8_i8, f32_f32 };
+use crate::ggml::{BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_1, QK};
+
+static AVX2: DotKernels = DotKernels {
+    isa: Isa::Avx2,
+    q8_0_q8_0,
+    q4_0_q8_0,
+    q4_1_q8_1,
+    q5_0_q8_0,
+    q5_1_q8_1,
+    i8_i8,
+    f32_f32,
+    q8_0x4_q8_0,
+    q4_0x4_q8_0,
+    i8_i8_x4,
+};
 
 /// The AVX2 table, or `None` when this CPU lacks AVX2, FMA or F16C.
 pub(in crate::dot) fn kernels() -> Option<&'static DotKernels> {
@@ -44,6 +59,20 @@ safe_entries! {
     q5_1_q8_1(&[BlockQ5_1], &[BlockQ8_1]) -> f32 = dot_q5_1_q8_1;
     i8_i8(&[i8], &[i8]) -> i32 = dot_i8_i8;
     f32_f32(&[f32], &[f32]) -> f32 = dot_f32_f32;
+}
+
+safe_entries! {
+    q8_0x4_q8_0(&[BlockQ8_0x4], &[BlockQ8_0]) -> [f32; 4] = dot_q8_0x4_q8_0;
+    q4_0x4_q8_0(&[BlockQ4_0x4], &[BlockQ8_0]) -> [f32; 4] = dot_q4_0x4_q8_0;
+}
+
+fn i8_i8_x4(rows: [&[i8]; 4], y: &[i8]) -> [i32; 4] {
+    for row in rows {
+        assert_same_len(row.len(), y.len());
+    }
+    // SAFETY: as for `safe_entries`: reachable only through `AVX2`, handed out after
+    // `Isa::Avx2.is_supported()` found AVX2, FMA and F16C.
+    unsafe { dot_i8_i8_x4(rows, y) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -153,6 +182,154 @@ fn dot_f32_f32(x: &[f32], y: &[f32]) -> f32 {
         sum += a * b;
     }
     sum
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q8_0x4_q8_0(x: &[BlockQ8_0x4], y: &[BlockQ8_0]) -> [f32; 4] {
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let activations = load_i8x32(&by.qs);
+        let rows = if has_minus_128(activations) {
+            // Rare (ggml's and lathe's quantizers never write -128): the exact widening path.
+            let (y_low, y_high) = widen_i8x32(&by.qs);
+            bx.qs.each_ref().map(|qs| {
+                let (x_low, x_high) = widen_i8x32(qs);
+                _mm256_add_epi32(_mm256_madd_epi16(x_low, y_low), _mm256_madd_epi16(x_high, y_high))
+            })
+        } else {
+            bx.qs.each_ref().map(|qs| signed_products(load_i8x32(qs), activations))
+        };
+        // Three horizontal adds leave, in each 128-bit half, a partial sum of rows 0, 1, 2, 3.
+        let pairs01 = _mm256_hadd_epi32(rows[0], rows[1]);
+        let pairs23 = _mm256_hadd_epi32(rows[2], rows[3]);
+        let sums = _mm256_cvtepi32_ps(_mm256_hadd_epi32(pairs01, pairs23));
+        let scales = _mm_mul_ps(half4(&bx.d), _mm_set1_ps(half1(by.d.to_bits())));
+        acc = _mm256_fmadd_ps(_mm256_set_m128(scales, scales), sums, acc);
+    }
+    let rows = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+    store4(rows)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_0x4_q8_0(x: &[BlockQ4_0x4], y: &[BlockQ8_0]) -> [f32; 4] {
+    let low_nibbles = _mm256_set1_epi8(0x0f);
+    // Lanes of the sums below: rows 0, 0, 2, 2 in the low half and 1, 1, 3, 3 in the high one.
+    let spread = _mm256_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3);
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        // Elements 0..16 of the activations in both halves, and elements 16..32.
+        let (y_low, y_high) = (broadcast_i8x16(&by.qs, 0), broadcast_i8x16(&by.qs, 16));
+        // The `8 * y` of `(q - 8) * y = q * y - 8 * y`, paired as the products below are.
+        let eight = _mm256_set1_epi8(8);
+        let offset = _mm256_add_epi16(_mm256_maddubs_epi16(eight, y_low), _mm256_maddubs_epi16(eight, y_high));
+        // Two rows per register: row 0 (or 2) in the low half, row 1 (or 3) in the high half.
+        // Every i16 below stays within 2 * 15 * 128 * 2 + 8 * 128 * 4 < 2^15.
+        let two_rows = |packed: __m256i| {
+            let low = _mm256_and_si256(packed, low_nibbles);
+            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low_nibbles);
+            let products = _mm256_add_epi16(_mm256_maddubs_epi16(low, y_low), _mm256_maddubs_epi16(high, y_high));
+            sum_pairs(_mm256_sub_epi16(products, offset))
+        };
+        let (rows01, rows23) = load_q4_0x4(bx);
+        let sums = _mm256_cvtepi32_ps(_mm256_hadd_epi32(two_rows(rows01), two_rows(rows23)));
+        let d_x = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(half4(&bx.d)), spread);
+        let scales = _mm256_mul_ps(d_x, _mm256_set1_ps(half1(by.d.to_bits())));
+        acc = _mm256_fmadd_ps(scales, sums, acc);
+    }
+    // [r0 + r0, r2 + r2, .., ..] in the low half and [r1 + r1, r3 + r3, .., ..] in the high one.
+    let folded = _mm256_hadd_ps(acc, acc);
+    let (even, odd) = (_mm256_castps256_ps128(folded), _mm256_extractf128_ps::<1>(folded));
+    store4(_mm_unpacklo_ps(even, odd))
+}
+
+/// Whether any byte of `bytes` is -128.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn has_minus_128(bytes: __m256i) -> bool {
+    _mm256_movemask_epi8(_mm256_cmpeq_epi8(bytes, _mm256_set1_epi8(i8::MIN))) != 0
+}
+
+/// The eight i32 pair sums of `x * y` for signed bytes, exact when `y` holds no -128:
+/// `maddubs(|x|, y * sign(x))`. `|x|` (128 for -128) is read unsigned and `y * sign(x)` cannot
+/// wrap without a -128 in `y`, so each pair sum stays within `2 * 128 * 127 < 2^15`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn signed_products(x: __m256i, y: __m256i) -> __m256i {
+    sum_pairs(_mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(y, x)))
+}
+
+/// The four f16 scales in f32.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn half4(d: &[f16; 4]) -> __m128 {
+    // SAFETY: `d` is eight readable bytes, exactly what `loadl_epi64` reads; no alignment needed.
+    _mm_cvtph_ps(unsafe { _mm_loadl_epi64(d.as_ptr().cast()) })
+}
+
+/// One f16 (as bits) in f32.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn half1(bits: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// Sixteen bytes from `start` in both 128-bit halves.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn broadcast_i8x16(bytes: &[i8; QK], start: usize) -> __m256i {
+    let half = &bytes[start..start + 16];
+    // SAFETY: `half` is 16 readable bytes and `loadu` needs no alignment.
+    _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(half.as_ptr().cast()) })
+}
+
+/// The packed nibbles of rows 0 and 1, and of rows 2 and 3.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_q4_0x4(block: &BlockQ4_0x4) -> (__m256i, __m256i) {
+    let bytes: &[u8; 64] = bytemuck::cast_ref(&block.qs);
+    // SAFETY: both 32-byte loads lie within the 64 bytes of `qs`; `loadu` needs no alignment.
+    unsafe { (_mm256_loadu_si256(bytes.as_ptr().cast()), _mm256_loadu_si256(bytes.as_ptr().add(32).cast())) }
+}
+
+#[inline]
+#[target_feature(enable = "avx")]
+fn store4(values: __m128) -> [f32; 4] {
+    let mut out = [0.0f32; 4];
+    // SAFETY: `out` has room for the four f32 of `storeu`, which needs no alignment.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), values) };
+    out
+}
+
+#[target_feature(enable = "avx2")]
+fn dot_i8_i8_x4(rows: [&[i8]; 4], y: &[i8]) -> [i32; 4] {
+    let n_chunks = y.len() / QK;
+    let mut acc = [_mm256_setzero_si256(); 4];
+    for chunk in 0..n_chunks {
+        let span = chunk * QK..(chunk + 1) * QK;
+        let y_chunk = y[span.clone()].as_array().expect("a whole chunk");
+        let activations = load_i8x32(y_chunk);
+        if has_minus_128(activations) {
+            let (y_low, y_high) = widen_i8x32(y_chunk);
+            for (acc, row) in acc.iter_mut().zip(rows) {
+                let (x_low, x_high) = widen_i8x32(row[span.clone()].as_array().expect("a whole chunk"));
+                // Exact pair sums (at most 2^15), wrapping i32 lanes, as in `dot_i8_i8`.
+                let products = _mm256_add_epi32(_mm256_madd_epi16(x_low, y_low), _mm256_madd_epi16(x_high, y_high));
+                *acc = _mm256_add_epi32(*acc, products);
+            }
+        } else {
+            for (acc, row) in acc.iter_mut().zip(rows) {
+                let weights = load_i8x32(row[span.clone()].as_array().expect("a whole chunk"));
+                *acc = _mm256_add_epi32(*acc, signed_products(weights, activations));
+            }
+        }
+    }
+    std::array::from_fn(|r| {
+        let tail = n_chunks * QK;
+        rows[r][tail..]
+            .iter()
+            .zip(&y[tail..])
+            .fold(hsum_epi32(acc[r]), |sum, (&a, &b)| sum.wrapping_add(i32::from(a) * i32::from(b)))
+    })
 }
 
 /// The loop every GGML kernel shares: four blocks per step, each scaled by `d_x * d_y` into its
