@@ -18,6 +18,15 @@ use crate::{Error, Result, Scheme, cast, dot};
 /// balance two to sixty-four threads on the BERT shapes (384 to 4096 rows).
 const ROWS_PER_TASK: usize = 16;
 
+/// From this many tokens on, products with f32 activations (f16 and bf16 weights, and
+/// [`QuantizedMatrix::gemm_weight_only`]) run on the dense GEMM over dequantized row tiles.
+#[cfg(feature = "dense")]
+const DENSE_MIN_TOKENS: usize = 4;
+
+/// Rows dequantized per dense tile: 64 rows of 4096 f32 are 1 MiB, about the L2.
+#[cfg(feature = "dense")]
+const DENSE_TILE_ROWS: usize = 64;
+
 /// A quantized weight matrix.
 ///
 /// ```
@@ -258,7 +267,9 @@ impl QuantizedMatrix {
     }
 
     /// Like [`gemm`](Self::gemm), but the activations stay f32: each weight row is dequantized
-    /// and dotted with the f32 tokens (the weight-only mode: less error, more time).
+    /// and dotted with the f32 tokens (the weight-only mode: less error, more time). From four
+    /// tokens on, tiles of dequantized rows go through the dense GEMM instead, whose summation
+    /// order differs from the one-token path in the last bits.
     ///
     /// # Panics
     /// If `x.len() != n_tokens * cols` or `y.len() != n_tokens * rows`.
@@ -285,7 +296,12 @@ impl QuantizedMatrix {
                 for (token, dst) in x.chunks_exact(self.cols).zip(values.chunks_exact_mut(self.cols)) {
                     scales.push(linear::quantize_activations_i8(token, dst));
                 }
-                let group_sums = values.chunks(group).map(|g| g.iter().map(|&v| i32::from(v)).sum()).collect();
+                // Only asymmetric weights need the sums (for their zero points).
+                let group_sums = if int.scheme().is_symmetric() {
+                    Vec::new()
+                } else {
+                    values.chunks(group).map(|g| g.iter().map(|&v| i32::from(v)).sum()).collect()
+                };
                 Activations::I8 { values, scales, group_sums }
             }
         }
@@ -296,18 +312,24 @@ impl QuantizedMatrix {
         if n_tokens == 0 || self.rows == 0 {
             return;
         }
+        #[cfg(feature = "dense")]
+        if matches!(activations, Activations::F32) && n_tokens >= DENSE_MIN_TOKENS {
+            self.run_dense_tiles(x, n_tokens, y);
+            return;
+        }
         // Each task fills `[rows in task, n_tokens]` of the transposed output; one token needs no
         // transpose.
         let mut transposed = if n_tokens == 1 { Vec::new() } else { vec![0.0f32; self.rows * n_tokens] };
         let out: &mut [f32] = if n_tokens == 1 { y } else { &mut transposed };
         out.par_chunks_mut(ROWS_PER_TASK * n_tokens).enumerate().for_each(|(task, chunk)| {
             let mut row_buffer = Vec::new();
+            let mut group_params = Vec::new();
             let first_row = task * ROWS_PER_TASK;
             let first_rest = first_row + (chunk.len() / n_tokens) / 4 * 4;
             let mut quads = chunk.chunks_exact_mut(4 * n_tokens);
             for (quad, outputs) in (&mut quads).enumerate() {
                 let row = first_row + 4 * quad;
-                if !self.quad_outputs(row, activations, outputs) {
+                if !self.quad_outputs(row, activations, outputs, &mut group_params) {
                     for (offset, outputs) in outputs.chunks_exact_mut(n_tokens).enumerate() {
                         self.row_outputs(row + offset, x, activations, outputs, &mut row_buffer);
                     }
@@ -327,10 +349,45 @@ impl QuantizedMatrix {
         }
     }
 
+    /// f32 activations and several tokens: dequantize `DENSE_TILE_ROWS` rows at a time and hand
+    /// them to the dense GEMM, which reuses each weight across the tokens far better than one dot
+    /// product per row and token.
+    #[cfg(feature = "dense")]
+    fn run_dense_tiles(&self, x: &[f32], n_tokens: usize, y: &mut [f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        let tiles: Vec<Vec<f32>> = (0..rows.div_ceil(DENSE_TILE_ROWS))
+            .into_par_iter()
+            .map(|tile| {
+                let first = tile * DENSE_TILE_ROWS;
+                let n_rows = DENSE_TILE_ROWS.min(rows - first);
+                let mut weights = vec![0.0f32; n_rows * cols];
+                for (offset, dst) in weights.chunks_exact_mut(cols).enumerate() {
+                    self.dequantize_row(first + offset, dst);
+                }
+                let mut out = vec![0.0f32; n_tokens * n_rows];
+                crate::dense::linear(x, n_tokens, &weights, n_rows, cols, None, &mut out);
+                out
+            })
+            .collect();
+        for (tile, out) in tiles.iter().enumerate() {
+            let first = tile * DENSE_TILE_ROWS;
+            let n_rows = out.len() / n_tokens;
+            for (t, values) in out.chunks_exact(n_rows).enumerate() {
+                y[t * rows + first..][..n_rows].copy_from_slice(values);
+            }
+        }
+    }
+
     /// The outputs of the four weight rows from `row` for every token (`outputs` is `[4, n_tokens]`)
     /// with the four-row kernels, which load each activation block once for the four; `false`
     /// (nothing written) for the schemes without one.
-    fn quad_outputs(&self, row: usize, activations: &Activations, outputs: &mut [f32]) -> bool {
+    fn quad_outputs(
+        &self,
+        row: usize,
+        activations: &Activations,
+        outputs: &mut [f32],
+        params: &mut Vec<[(f32, i8); 4]>,
+    ) -> bool {
         let cols = self.cols;
         let n_tokens = outputs.len() / 4;
         let blocks_per_row = cols / QK;
@@ -355,18 +412,43 @@ impl QuantizedMatrix {
                 let groups_per_row = cols / group;
                 let weight_rows: [&[i8]; 4] =
                     std::array::from_fn(|r| &w.values()[(row + r) * cols..(row + r + 1) * cols]);
-                for (t, token) in values.chunks_exact(cols).enumerate() {
+                // Each group's scales and zero points of the four rows, looked up once.
+                params.clear();
+                params.extend(
+                    (0..groups_per_row)
+                        .map(|g| std::array::from_fn(|r| w.group_params(w.group_index(row + r, g * group)))),
+                );
+                let params = &*params;
+                // The integer dot products of group `g` for token `t`, scaled.
+                let scaled = |t: usize, g: usize, integers: [i32; 4], sums: &mut [f32; 4]| {
+                    for ((sum, mut integer), (scale, zero_point)) in sums.iter_mut().zip(integers).zip(params[g]) {
+                        if zero_point != 0 {
+                            integer -= i32::from(zero_point) * group_sums[t * groups_per_row + g];
+                        }
+                        *sum += scale * integer as f32;
+                    }
+                };
+                let token = |t: usize, span: std::ops::Range<usize>| &values[t * cols..(t + 1) * cols][span];
+                let mut t = 0;
+                while t + 2 <= n_tokens {
+                    let mut sums = [[0.0f32; 4]; 2];
+                    for g in 0..groups_per_row {
+                        let span = g * group..(g + 1) * group;
+                        let rows = weight_rows.map(|w| &w[span.clone()]);
+                        let tile = dot::dot_i8_i8_4x2(rows, [token(t, span.clone()), token(t + 1, span)]);
+                        scaled(t, g, tile[0], &mut sums[0]);
+                        scaled(t + 1, g, tile[1], &mut sums[1]);
+                    }
+                    store(t, sums[0].map(|sum| sum * scales[t]));
+                    store(t + 1, sums[1].map(|sum| sum * scales[t + 1]));
+                    t += 2;
+                }
+                if t < n_tokens {
                     let mut sums = [0.0f32; 4];
                     for g in 0..groups_per_row {
                         let span = g * group..(g + 1) * group;
-                        let integers = dot::dot_i8_i8_x4(weight_rows.map(|w| &w[span.clone()]), &token[span]);
-                        for (r, (sum, mut integer)) in sums.iter_mut().zip(integers).enumerate() {
-                            let (scale, zero_point) = w.group_params(w.group_index(row + r, g * group));
-                            if zero_point != 0 {
-                                integer -= i32::from(zero_point) * group_sums[t * groups_per_row + g];
-                            }
-                            *sum += scale * integer as f32;
-                        }
+                        let integers = dot::dot_i8_i8_x4(weight_rows.map(|w| &w[span.clone()]), token(t, span));
+                        scaled(t, g, integers, &mut sums);
                     }
                     store(t, sums.map(|sum| sum * scales[t]));
                 }
@@ -557,7 +639,13 @@ mod tests {
 
             let mut single = vec![f32::NAN; rows];
             matrix.gemv(&x[..cols], &mut single);
-            assert_eq!(single, y[..rows], "{name}: gemv is the first token of gemm");
+            if matches!(*name, "f16" | "bf16") {
+                // Several tokens with f32 activations run on the dense GEMM: another sum order.
+                let gemv_as_f64: Vec<f64> = single.iter().map(|&v| f64::from(v)).collect();
+                assert_close(&y[..rows], &gemv_as_f64, 1e-5 * scale, name);
+            } else {
+                assert_eq!(single, y[..rows], "{name}: gemv is the first token of gemm");
+            }
 
             let mut weight_only = vec![f32::NAN; n_tokens * rows];
             matrix.gemm_weight_only(&x, n_tokens, &mut weight_only);

@@ -46,6 +46,9 @@ use std::sync::OnceLock;
 use crate::Isa;
 use crate::ggml::{BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_1};
 
+/// The int8 GEMM tile: four weight rows times two tokens, `result[token][row]`.
+pub type I8Tile = fn([&[i8]; 4], [&[i8]; 2]) -> [[i32; 4]; 2];
+
 /// The dot-product kernels of one instruction set. Every kernel panics when its operands differ
 /// in length; otherwise all agree with the scalar ones as the [module docs](self) state.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +65,7 @@ pub struct DotKernels {
     pub q8_0x4_q8_0: fn(&[BlockQ8_0x4], &[BlockQ8_0]) -> [f32; 4],
     pub q4_0x4_q8_0: fn(&[BlockQ4_0x4], &[BlockQ8_0]) -> [f32; 4],
     pub i8_i8_x4: fn([&[i8]; 4], &[i8]) -> [i32; 4],
+    pub i8_i8_4x2: I8Tile,
 }
 
 const SCALAR: DotKernels = DotKernels {
@@ -76,6 +80,7 @@ const SCALAR: DotKernels = DotKernels {
     q8_0x4_q8_0: scalar::dot_q8_0x4_q8_0,
     q4_0x4_q8_0: scalar::dot_q4_0x4_q8_0,
     i8_i8_x4: scalar::dot_i8_i8_x4,
+    i8_i8_4x2: scalar::dot_i8_i8_4x2,
 };
 
 /// The kernels of `isa`, or `None` when this CPU cannot run them.
@@ -139,6 +144,15 @@ macro_rules! dispatched_kernels_x4 {
 
 dispatched_kernels_x4! {
     dot_i8_i8_x4: i8_i8_x4(i8, i8) -> i32, dot_i8_i8;
+}
+
+/// Four int8 rows times two int8 tokens: `result[t][r]` is [`dot_i8_i8`] of `rows[r]` and
+/// `tokens[t]`, identical on every path (the tile of the int8 GEMM).
+///
+/// # Panics
+/// If the rows and tokens differ in length.
+pub fn dot_i8_i8_4x2(rows: [&[i8]; 4], tokens: [&[i8]; 2]) -> [[i32; 4]; 2] {
+    (dispatched().i8_i8_4x2)(rows, tokens)
 }
 
 #[cfg(test)]
@@ -379,6 +393,21 @@ mod tests {
         #[test]
         fn q4_0x4_q8_0_matches_scalar((x, y, offset) in quads(q4_0(scale()), q8_0(scale()))) {
             check_quads::<BlockQ4_0x4, _>(&x[offset..], &y[offset..], scalar::dot_q4_0_q8_0, |k| k.q4_0x4_q8_0)?;
+        }
+
+        #[test]
+        fn i8_i8_4x2_is_exact(
+            (rows, tokens) in (0usize..=4 * 32 + 3)
+                .prop_flat_map(|len| (uniform4(vec(int8(), len)), proptest::array::uniform2(vec(int8(), len))))
+        ) {
+            for table in tables() {
+                let tile = (table.i8_i8_4x2)(rows.each_ref().map(Vec::as_slice), tokens.each_ref().map(Vec::as_slice));
+                for (t, token) in tokens.iter().enumerate() {
+                    for (r, row) in rows.iter().enumerate() {
+                        prop_assert_eq!(tile[t][r], scalar::dot_i8_i8(row, token), "{} row {} token {}", table.isa.name(), r, t);
+                    }
+                }
+            }
         }
 
         #[test]

@@ -180,6 +180,14 @@ pub fn dot_i8_i8_x4(rows: [&[i8]; 4], y: &[i8]) -> [i32; 4] {
     rows.map(|row| dot_i8_i8(row, y))
 }
 
+/// [`dot_i8_i8`] of each of four rows with each of two tokens: `result[t][r]`.
+///
+/// # Panics
+/// If the rows and tokens differ in length.
+pub fn dot_i8_i8_4x2(rows: [&[i8]; 4], tokens: [&[i8]; 2]) -> [[i32; 4]; 2] {
+    tokens.map(|token| dot_i8_i8_x4(rows, token))
+}
+
 #[cfg(test)]
 mod tests {
     use half::f16;

@@ -33,6 +33,7 @@ static AVX2: DotKernels = DotKernels {
     q8_0x4_q8_0,
     q4_0x4_q8_0,
     i8_i8_x4,
+    i8_i8_4x2,
 };
 
 /// The AVX2 table, or `None` when this CPU lacks AVX2, FMA or F16C.
@@ -64,6 +65,16 @@ safe_entries! {
 safe_entries! {
     q8_0x4_q8_0(&[BlockQ8_0x4], &[BlockQ8_0]) -> [f32; 4] = dot_q8_0x4_q8_0;
     q4_0x4_q8_0(&[BlockQ4_0x4], &[BlockQ8_0]) -> [f32; 4] = dot_q4_0x4_q8_0;
+}
+
+fn i8_i8_4x2(rows: [&[i8]; 4], tokens: [&[i8]; 2]) -> [[i32; 4]; 2] {
+    for row in rows {
+        for token in tokens {
+            assert_same_len(row.len(), token.len());
+        }
+    }
+    // SAFETY: as for `safe_entries`; the lengths were checked above.
+    unsafe { dot_i8_i8_4x2(rows, tokens) }
 }
 
 fn i8_i8_x4(rows: [&[i8]; 4], y: &[i8]) -> [i32; 4] {
@@ -330,6 +341,74 @@ fn dot_i8_i8_x4(rows: [&[i8]; 4], y: &[i8]) -> [i32; 4] {
             .zip(&y[tail..])
             .fold(hsum_epi32(acc[r]), |sum, (&a, &b)| sum.wrapping_add(i32::from(a) * i32::from(b)))
     })
+}
+
+/// Four weight rows times two tokens, the int8 GEMM tile: every weight chunk is loaded once for
+/// the two tokens and every token chunk once for the four rows, eight accumulators in registers.
+///
+/// # Safety
+/// Every row and token must have the same length (AVX2 must be available, as the feature says).
+#[target_feature(enable = "avx2")]
+unsafe fn dot_i8_i8_4x2(rows: [&[i8]; 4], tokens: [&[i8]; 2]) -> [[i32; 4]; 2] {
+    let len = tokens[0].len();
+    let n_chunks = len / QK;
+    let ones = _mm256_set1_epi16(1);
+    let minus_128 = _mm256_set1_epi8(i8::MIN);
+    // Eight named accumulators (token, row) so that they stay in registers.
+    let zero = _mm256_setzero_si256();
+    let (mut acc00, mut acc01, mut acc02, mut acc03) = (zero, zero, zero, zero);
+    let (mut acc10, mut acc11, mut acc12, mut acc13) = (zero, zero, zero, zero);
+    let mut chunk = 0;
+    while chunk < n_chunks {
+        let offset = chunk * QK;
+        // SAFETY: `offset + QK <= len` and every slice holds `len` bytes; `loadu` needs no alignment.
+        let load = |bytes: &[i8]| unsafe { _mm256_loadu_si256(bytes.as_ptr().add(offset).cast()) };
+        let (token0, token1) = (load(tokens[0]), load(tokens[1]));
+        let found = _mm256_or_si256(_mm256_cmpeq_epi8(token0, minus_128), _mm256_cmpeq_epi8(token1, minus_128));
+        if _mm256_testz_si256(found, found) == 0 {
+            // Rare (lathe's activation quantizer never writes -128): the rest takes the exact path.
+            break;
+        }
+        // `|w| * (a * sign(w))`: exact with no -128 among the activations (see `signed_products`).
+        macro_rules! row {
+            ($r:expr, $acc0:ident, $acc1:ident) => {{
+                let weights = load(rows[$r]);
+                let magnitudes = _mm256_abs_epi8(weights);
+                let products0 = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(token0, weights));
+                let products1 = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(token1, weights));
+                $acc0 = _mm256_add_epi32($acc0, _mm256_madd_epi16(products0, ones));
+                $acc1 = _mm256_add_epi32($acc1, _mm256_madd_epi16(products1, ones));
+            }};
+        }
+        row!(0, acc00, acc10);
+        row!(1, acc01, acc11);
+        row!(2, acc02, acc12);
+        row!(3, acc03, acc13);
+        chunk += 1;
+    }
+    let sums = [hsum4_epi32([acc00, acc01, acc02, acc03]), hsum4_epi32([acc10, acc11, acc12, acc13])];
+    // The chunks after a -128 (if any) and the tail, exactly.
+    let rest = chunk * QK;
+    if rest == len {
+        return sums;
+    }
+    std::array::from_fn(|t| {
+        // Every slice holds `len >= rest` bytes, so the rests have equal lengths.
+        let rest_sums = dot_i8_i8_x4(rows.map(|row| &row[rest..]), &tokens[t][rest..]);
+        std::array::from_fn(|r| sums[t][r].wrapping_add(rest_sums[r]))
+    })
+}
+
+/// The lane sums of four vectors.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum4_epi32(v: [__m256i; 4]) -> [i32; 4] {
+    let quad = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    let sums = _mm_add_epi32(_mm256_castsi256_si128(quad), _mm256_extracti128_si256::<1>(quad));
+    let mut out = [0i32; 4];
+    // SAFETY: `out` has room for the 16 bytes of `storeu`, which needs no alignment.
+    unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), sums) };
+    out
 }
 
 /// The loop every GGML kernel shares: four blocks per step, each scaled by `d_x * d_y` into its
