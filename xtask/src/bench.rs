@@ -279,6 +279,14 @@ struct TableSpec {
 
 const QUANT_COLUMNS: &[(&str, &str)] = &[("lathe_scalar", "lathe scalar"), ("lathe", "lathe"), ("candle", "candle")];
 const GEMV_COLUMNS: &[(&str, &str)] = &[("candle", "candle"), ("lathe", "lathe")];
+const GEMV_INT8_COLUMNS: &[(&str, &str)] = &[("dense", "dense f32"), ("lathe", "lathe int8")];
+const QUANT_GEMM_COLUMNS: &[(&str, &str)] = &[
+    ("dense", "dense f32"),
+    ("lathe_int8-channel", "int8"),
+    ("lathe_q8_0", "q8_0"),
+    ("lathe_q4_0", "q4_0"),
+    ("candle_q8_0", "candle q8_0"),
+];
 const GEMM_COLUMNS: &[(&str, &str)] = &[("matrixmultiply", "matrixmultiply"), ("gemm", "gemm"), ("faer", "faer")];
 
 fn table_specs(selection: Selection) -> Vec<TableSpec> {
@@ -339,6 +347,37 @@ fn table_specs(selection: Selection) -> Vec<TableSpec> {
                 order: RowOrder::Listed(&["hot", "cold"]),
             });
         }
+        specs.push(TableSpec {
+            group: "gemv_int8".to_owned(),
+            caption: "1x4096x4096, 10^9 weights per second".to_owned(),
+            row_header: "weights",
+            columns: GEMV_INT8_COLUMNS,
+            ratios: vec![Ratio {
+                numerator: "lathe",
+                denominator: Denominator::Function("dense"),
+                header: "int8 / dense",
+            }],
+            order: RowOrder::Listed(&["hot", "cold"]),
+        });
+        specs.push(TableSpec {
+            group: "quant_gemm".to_owned(),
+            caption: "GFLOP/s, Y = X · Wᵀ, activations quantized on every call".to_owned(),
+            row_header: "tokens x in x out",
+            columns: QUANT_GEMM_COLUMNS,
+            ratios: vec![
+                Ratio {
+                    numerator: "lathe_int8-channel",
+                    denominator: Denominator::Function("dense"),
+                    header: "int8 / dense",
+                },
+                Ratio {
+                    numerator: "lathe_q8_0",
+                    denominator: Denominator::Function("candle_q8_0"),
+                    header: "q8_0 / candle",
+                },
+            ],
+            order: RowOrder::GemmShape,
+        });
     }
     if matches!(selection, Selection::Gemm | Selection::All) {
         specs.push(TableSpec {
@@ -542,6 +581,10 @@ mod tests {
             measurement("dequantize_q8_0", "lathe", "4KiB", 1.0, Throughput::Bytes(40)),
             measurement("gemv_q4_0", "candle", "cold", 2.0, Throughput::Bytes(24)),
             measurement("dense_gemm", "gemm", "1x4096x4096", 1.0, Throughput::Elements(7)),
+            measurement("gemv_int8", "dense", "cold", 4.0, Throughput::Elements(16)),
+            measurement("gemv_int8", "lathe", "cold", 1.0, Throughput::Elements(16)),
+            measurement("quant_gemm", "dense", "128x384x384", 2.0, Throughput::Elements(100)),
+            measurement("quant_gemm", "lathe_int8-channel", "128x384x384", 1.0, Throughput::Elements(100)),
         ];
         let text = report(Path::new("target/criterion"), &results, Selection::Quant);
         assert!(text.contains("| read | 256MiB | 20.0 |"), "{text}");
@@ -551,6 +594,8 @@ mod tests {
         let large = text.find("| 64MiB | - | 8.00 | 5.00 | 1.60 | 0.80 |").expect(&text);
         assert!(small < large, "{text}");
         assert!(text.contains("| cold | 12.0 | - | - | 0.60 | - |"), "{text}");
+        assert!(text.contains("| cold | 4.00 | 16.0 | 4.00 |"), "{text}");
+        assert!(text.contains("| 128x384x384 | 50.0 | 100 | - | - | - | 2.00 | - |"), "{text}");
         assert!(!text.contains("dense_gemm"), "the gemm table belongs to the gemm selection: {text}");
         assert!(!text.contains("quantize_q4_1"), "tables without results are left out: {text}");
     }
