@@ -31,7 +31,9 @@
 //! # Ok::<(), lathe_quant::Error>(())
 //! ```
 
-use crate::{Bits, Error, Granularity, IntScheme, Result};
+use std::sync::OnceLock;
+
+use crate::{Bits, Error, Granularity, IntScheme, Isa, Result};
 
 /// A weight matrix quantized with an [`IntScheme`]: one integer per weight plus scales (and zero
 /// points), shared by the whole tensor, a row, or a group of columns of a row.
@@ -521,20 +523,54 @@ pub fn unpack_int4(packed: &[u8], dst: &mut [i8]) {
 }
 
 /// Quantizes one row of activations (one token) to int8, symmetric and dynamic: `scale = amax /
-/// 127` (at least the smallest subnormal when amax > 0), `dst[i] = round_half_even(x[i] / scale)` clamped to `-127..=127` (never -128, so the
-/// values suit `maddubs`-style kernels). Returns the scale; `x[i] ~ dst[i] * scale`.
+/// 127` (at least the smallest subnormal when amax > 0), `dst[i] = round_half_even(x[i] / scale)`
+/// clamped to `-127..=127` (never -128, so the values suit `maddubs`-style kernels). Returns the
+/// scale; `x[i] ~ dst[i] * scale`.
 ///
 /// A row of zeros (or an empty row) returns scale 0 with all values 0. NaN inputs become 0 and
-/// do not count in `amax`; an infinite input makes the scale infinite.
+/// do not count in `amax`; an infinite input makes the scale infinite (every finite value then
+/// becomes 0, and so does the infinity, as `inf / inf` is NaN).
+///
+/// Runs on the fastest kernel this CPU has, chosen once (see [`crate::isa::active`]); every
+/// kernel gives the same bits (see [`quantize_activations_i8_kernel`]).
 ///
 /// # Panics
 /// If `x.len() != dst.len()`.
 pub fn quantize_activations_i8(x: &[f32], dst: &mut [i8]) -> f32 {
-    assert_eq!(x.len(), dst.len(), "quantize_activations_i8: source and destination lengths differ");
-    let amax = x.iter().fold(0.0f32, |amax, value| amax.max(value.abs()));
+    static DISPATCHED: OnceLock<ActivationQuantizer> = OnceLock::new();
+    let kernel = DISPATCHED
+        .get_or_init(|| quantize_activations_i8_kernel(crate::isa::active()).unwrap_or(quantize_activations_i8_scalar));
+    kernel(x, dst)
+}
+
+/// The signature of [`quantize_activations_i8`] and of its per-instruction-set kernels.
+pub type ActivationQuantizer = fn(&[f32], &mut [i8]) -> f32;
+
+/// The [`quantize_activations_i8`] kernel of `isa`, or `None` when this CPU cannot run it. All are
+/// bit-identical with the scalar one, NaN and infinities included, and panic as it does.
+pub fn quantize_activations_i8_kernel(isa: Isa) -> Option<ActivationQuantizer> {
+    match isa {
+        Isa::Scalar => Some(quantize_activations_i8_scalar),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => crate::ggml::avx2_activation_quantizer(),
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 => None,
+    }
+}
+
+/// The scale of a row whose largest magnitude (NaN skipped) is `amax`, shared by every kernel.
+pub(crate) fn activation_scale(amax: f32) -> f32 {
     // A subnormal amax can underflow to a zero scale: keep the smallest positive one instead, so
     // tiny rows still round to their nearest multiple.
-    let scale = if amax > 0.0 { (amax / 127.0).max(f32::from_bits(1)) } else { 0.0 };
+    if amax > 0.0 { (amax / 127.0).max(f32::from_bits(1)) } else { 0.0 }
+}
+
+/// The portable reference of [`quantize_activations_i8`], which the SIMD kernels are tested
+/// against.
+fn quantize_activations_i8_scalar(x: &[f32], dst: &mut [i8]) -> f32 {
+    assert_eq!(x.len(), dst.len(), "quantize_activations_i8: source and destination lengths differ");
+    let amax = x.iter().fold(0.0f32, |amax, value| amax.max(value.abs()));
+    let scale = activation_scale(amax);
     if scale == 0.0 {
         dst.fill(0);
         return 0.0;
@@ -710,18 +746,71 @@ mod tests {
         assert_eq!(values, [-8, 7, 0]);
     }
 
+    /// Every activation kernel this CPU runs, scalar first, whatever `LATHE_FORCE_ISA` says.
+    fn activation_kernels() -> Vec<(Isa, ActivationQuantizer)> {
+        Isa::supported().into_iter().filter_map(|isa| Some((isa, quantize_activations_i8_kernel(isa)?))).collect()
+    }
+
+    #[test]
+    fn activation_kernels_cover_every_supported_isa() {
+        assert_eq!(activation_kernels().len(), Isa::supported().len());
+        assert_eq!(activation_kernels()[0].0, Isa::Scalar);
+    }
+
     #[test]
     fn activations_scale_by_amax_over_127() {
-        let mut dst = [0i8; 5];
-        let scale = quantize_activations_i8(&[-2.54, 1.0, 0.01, 2.54, f32::NAN], &mut dst);
-        assert_eq!(scale, 2.54 / 127.0);
-        assert_eq!(dst, [-127, 50, 0, 127, 0]);
-        assert_eq!(quantize_activations_i8(&[0.0, -0.0], &mut dst[..2]), 0.0);
-        assert_eq!(dst[..2], [0, 0]);
-        // Ties go to even: 0.5 and 1.5 with amax 127 (scale 1).
-        let mut dst = [0i8; 3];
-        quantize_activations_i8(&[0.5, 1.5, 127.0], &mut dst);
-        assert_eq!(dst, [0, 2, 127]);
+        for (isa, quantize) in activation_kernels() {
+            let mut dst = [0i8; 5];
+            let scale = quantize(&[-2.54, 1.0, 0.01, 2.54, f32::NAN], &mut dst);
+            assert_eq!(scale, 2.54 / 127.0, "{isa:?}");
+            assert_eq!(dst, [-127, 50, 0, 127, 0], "{isa:?}");
+            assert_eq!(quantize(&[0.0, -0.0], &mut dst[..2]), 0.0, "{isa:?}");
+            assert_eq!(dst[..2], [0, 0], "{isa:?}");
+            // Ties go to even: 0.5 and 1.5 with amax 127 (scale 1).
+            let mut dst = [0i8; 3];
+            quantize(&[0.5, 1.5, 127.0], &mut dst);
+            assert_eq!(dst, [0, 2, 127], "{isa:?}");
+            // An infinity: the scale is infinite, finite values give 0 and so does inf / inf.
+            let mut dst = [1i8; 4];
+            assert_eq!(quantize(&[f32::NEG_INFINITY, 1.0e38, -3.0, f32::NAN], &mut dst), f32::INFINITY, "{isa:?}");
+            assert_eq!(dst, [0; 4], "{isa:?}");
+        }
+    }
+
+    /// Rows that stress the kernels' reductions, rounding, NaN handling and tails, at every length
+    /// from 0 to 4 * 32 + 3 and at misaligned starts, compared bit for bit with scalar.
+    #[test]
+    fn activation_kernels_match_scalar_on_special_rows() {
+        let ties: Vec<f32> = (-127..127).flat_map(|k| [k as f32 + 0.5, (k as f32 + 0.5).next_up()]).collect();
+        let pattern = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 8.0;
+        let specials = [0.0, -0.0, 0.5, -2.5, 1.0e-45, -3.0e-39, f32::MIN_POSITIVE, f32::MAX, -f32::MAX, 127.0];
+        let rows: Vec<Vec<f32>> = vec![
+            (0..140).map(pattern).collect(),
+            [127.0].into_iter().chain(ties.iter().copied()).collect(),
+            (0..140).map(|i| specials[i % specials.len()]).collect(),
+            (0..140).map(|i| if i % 5 == 0 { f32::NAN } else { pattern(i) }).collect(),
+            (0..140).map(|i| if i == 70 { f32::INFINITY } else { pattern(i) }).collect(),
+            (0..140).map(|i| pattern(i) * 1.0e-43).collect(),
+            vec![f32::NAN; 140],
+            vec![-0.0; 140],
+        ];
+        let (_, scalar) = activation_kernels()[0];
+        for (isa, quantize) in activation_kernels() {
+            for row in &rows {
+                for offset in 0..4 {
+                    for len in 0..=(4 * 32 + 3).min(row.len() - offset) {
+                        let x = &row[offset..offset + len];
+                        let mut expected = vec![0i8; len];
+                        let expected_scale = scalar(x, &mut expected);
+                        let mut actual = vec![99i8; len + 5];
+                        let scale = quantize(x, &mut actual[offset % 3..offset % 3 + len]);
+                        assert_eq!(scale.to_bits(), expected_scale.to_bits(), "{isa:?}: scale of {x:?}");
+                        assert_eq!(actual[offset % 3..offset % 3 + len], expected, "{isa:?}: values of {x:?}");
+                        assert!(actual[..offset % 3].iter().chain(&actual[offset % 3 + len..]).all(|&q| q == 99));
+                    }
+                }
+            }
+        }
     }
 
     fn any_int_scheme() -> impl Strategy<Value = IntScheme> {
@@ -759,10 +848,12 @@ mod tests {
     #[test]
     fn subnormal_activations_keep_a_nonzero_scale() {
         // Found by proptest in CI: 3e-45 / 127 underflowed to a zero scale and the value was lost.
-        let mut q = [0i8; 1];
-        let scale = quantize_activations_i8(&[3.0e-45], &mut q);
-        assert!(scale > 0.0);
-        assert!((f32::from(q[0]) * scale - 3.0e-45).abs() <= scale / 2.0);
+        for (isa, quantize) in activation_kernels() {
+            let mut q = [0i8; 1];
+            let scale = quantize(&[3.0e-45], &mut q);
+            assert!(scale > 0.0, "{isa:?}");
+            assert!((f32::from(q[0]) * scale - 3.0e-45).abs() <= scale / 2.0, "{isa:?}");
+        }
     }
 
     proptest! {

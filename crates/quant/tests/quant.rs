@@ -78,14 +78,16 @@ fn q4_1_is_byte_identical_with_the_gguf_package() {
 #[test]
 fn q5_0_and_q5_1_are_byte_identical_with_the_gguf_package() {
     check_format("Q5_0", ggml::quantize_q5_0, ggml::dequantize_q5_0);
+    check_format("Q5_0", scalar::quantize_q5_0, scalar::dequantize_q5_0);
     check_format("Q5_1", ggml::quantize_q5_1, ggml::dequantize_q5_1);
+    check_format("Q5_1", scalar::quantize_q5_1, scalar::dequantize_q5_1);
 }
 
 /// Every GGML kernel table against the scalar one, bit for bit; the AVX2 table is tested
 /// whenever this CPU has it, whatever `LATHE_FORCE_ISA` says.
 mod ggml_kernels_match_scalar {
     use lathe_quant::Isa;
-    use lathe_quant::ggml::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Kernels, QK};
+    use lathe_quant::ggml::{self, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, Kernels, QK};
     use proptest::collection::vec;
     use proptest::prelude::*;
     use proptest::test_runner::TestCaseError;
@@ -131,7 +133,7 @@ mod ggml_kernels_match_scalar {
         -f32::MAX,
     ];
 
-    fn finite_value() -> BoxedStrategy<f32> {
+    pub(super) fn finite_value() -> BoxedStrategy<f32> {
         prop_oneof![
             6 => -4.0f32..4.0,
             2 => prop::sample::select(SPECIAL),
@@ -144,7 +146,7 @@ mod ggml_kernels_match_scalar {
         .boxed()
     }
 
-    fn any_value() -> BoxedStrategy<f32> {
+    pub(super) fn any_value() -> BoxedStrategy<f32> {
         prop_oneof![
             8 => finite_value(),
             1 => prop::sample::select(&[f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY][..]),
@@ -243,6 +245,8 @@ mod ggml_kernels_match_scalar {
         check_quantize::<BlockQ8_1>("quantize_q8_1", src, n_blocks, simd.quantize_q8_1, scalar.quantize_q8_1)?;
         check_quantize::<BlockQ4_0>("quantize_q4_0", src, n_blocks, simd.quantize_q4_0, scalar.quantize_q4_0)?;
         check_quantize::<BlockQ4_1>("quantize_q4_1", src, n_blocks, simd.quantize_q4_1, scalar.quantize_q4_1)?;
+        check_quantize::<BlockQ5_0>("quantize_q5_0", src, n_blocks, simd.quantize_q5_0, scalar.quantize_q5_0)?;
+        check_quantize::<BlockQ5_1>("quantize_q5_1", src, n_blocks, simd.quantize_q5_1, scalar.quantize_q5_1)?;
         Ok(())
     }
 
@@ -265,6 +269,12 @@ mod ggml_kernels_match_scalar {
                 let mut blocks = vec![BlockQ4_1::zeroed(); n_blocks];
                 (scalar.quantize_q4_1)(src, &mut blocks);
                 check_dequantize("dequantize_q4_1", &blocks, simd.dequantize_q4_1, scalar.dequantize_q4_1, offset)?;
+                let mut blocks = vec![BlockQ5_0::zeroed(); n_blocks];
+                (scalar.quantize_q5_0)(src, &mut blocks);
+                check_dequantize("dequantize_q5_0", &blocks, simd.dequantize_q5_0, scalar.dequantize_q5_0, offset)?;
+                let mut blocks = vec![BlockQ5_1::zeroed(); n_blocks];
+                (scalar.quantize_q5_1)(src, &mut blocks);
+                check_dequantize("dequantize_q5_1", &blocks, simd.dequantize_q5_1, scalar.dequantize_q5_1, offset)?;
             }
         }
 
@@ -278,7 +288,7 @@ mod ggml_kernels_match_scalar {
         /// Arbitrary bytes: every f16 scale, including subnormals, infinities and NaN.
         #[test]
         fn dequantizers_match_scalar_on_any_bytes(
-            bytes in vec(any::<u8>(), 0..=9 * std::mem::size_of::<BlockQ4_1>()),
+            bytes in vec(any::<u8>(), 0..=9 * std::mem::size_of::<BlockQ5_1>()),
             offset in 0usize..8,
         ) {
             let scalar = scalar();
@@ -292,6 +302,12 @@ mod ggml_kernels_match_scalar {
                 let n_q4_1 = bytes.len() / std::mem::size_of::<BlockQ4_1>() * std::mem::size_of::<BlockQ4_1>();
                 let q4_1: Vec<BlockQ4_1> = bytemuck::pod_collect_to_vec(&bytes[..n_q4_1]);
                 check_dequantize("dequantize_q4_1", &q4_1, simd.dequantize_q4_1, scalar.dequantize_q4_1, offset)?;
+                let n_q5_0 = bytes.len() / std::mem::size_of::<BlockQ5_0>() * std::mem::size_of::<BlockQ5_0>();
+                let q5_0: Vec<BlockQ5_0> = bytemuck::pod_collect_to_vec(&bytes[..n_q5_0]);
+                check_dequantize("dequantize_q5_0", &q5_0, simd.dequantize_q5_0, scalar.dequantize_q5_0, offset)?;
+                let n_q5_1 = bytes.len() / std::mem::size_of::<BlockQ5_1>() * std::mem::size_of::<BlockQ5_1>();
+                let q5_1: Vec<BlockQ5_1> = bytemuck::pod_collect_to_vec(&bytes[..n_q5_1]);
+                check_dequantize("dequantize_q5_1", &q5_1, simd.dequantize_q5_1, scalar.dequantize_q5_1, offset)?;
             }
         }
     }
@@ -315,12 +331,13 @@ mod ggml_kernels_match_scalar {
     }
 
     /// Blocks whose scale is exactly 1, so every value sits where it is rounded: on, one ulp
-    /// below and one ulp above each half-integer tie, for Q8 (`round`) and Q4 (`+ 8.5` or `+ 0.5`,
-    /// then truncation).
+    /// below and one ulp above each half-integer tie, for Q8 (`round`), Q4 (`+ 8.5` or `+ 0.5`,
+    /// then truncation) and Q5 (`+ 16.5` or `+ 0.5`, then truncation).
     #[test]
     fn values_next_to_rounding_ties_match_scalar() {
         let mut src = Vec::new();
-        for (amax, low, high) in [(127.0f32, -127, 127), (-8.0, -8, 8), (15.0, 0, 15)] {
+        for (amax, low, high) in [(127.0f32, -127, 127), (-8.0, -8, 8), (15.0, 0, 15), (-16.0, -16, 16), (31.0, 0, 31)]
+        {
             let mut values: Vec<f32> = (low..high)
                 .flat_map(|k| {
                     let tie = k as f32 + 0.5;
@@ -340,6 +357,37 @@ mod ggml_kernels_match_scalar {
         }
     }
 
+    /// Q5 blocks whose every fifth bit is set or clear in a known pattern, and blocks of
+    /// subnormals, whose infinite scale inverse makes Q5_0's `(t as i8).min(31) as u8` wrap to 128:
+    /// the scalar packing then spills those bytes' high bits into the next bits of `qh`.
+    #[test]
+    fn q5_high_bits_match_scalar() {
+        let mut src: Vec<f32> = Vec::new();
+        // Q5_1 with min 0 and max 31 (scale 1): element j is j, so bit j of qh is bit 4 of j.
+        src.extend((0..QK).map(|j| j as f32));
+        // Q5_0 with max -16 (scale 1): element j is 15 - j, stored as 31 - j.
+        src.extend((0..QK).map(|j| 15.0 - j as f32));
+        // Subnormals of both signs (positive ones wrap, negative ones clamp to 31), and a block of
+        // positive subnormals only.
+        src.extend((0..QK).map(|j| if j % 3 == 0 { -1.0e-40 } else { 2.0e-41 * j as f32 }));
+        src.extend((0..QK).map(|j| 1.0e-42 * (j + 1) as f32));
+        let n_blocks = src.len() / QK;
+        let scalar = scalar();
+        let mut q5_0 = vec![BlockQ5_0::zeroed(); n_blocks];
+        (scalar.quantize_q5_0)(&src, &mut q5_0);
+        let mut q5_1 = vec![BlockQ5_1::zeroed(); n_blocks];
+        (scalar.quantize_q5_1)(&src, &mut q5_1);
+        assert_eq!(u32::from_le_bytes(q5_1[0].qh), 0xffff_0000);
+        assert_eq!(u32::from_le_bytes(q5_0[1].qh), 0x0000_ffff);
+        // Every byte is 128: nibble 0, and `8 << j` sets bits 3 to 31.
+        assert_eq!((q5_0[3].qs, u32::from_le_bytes(q5_0[3].qh)), ([0; QK / 2], 0xffff_fff8));
+        for simd in simd_tables() {
+            check_all_quantizers(simd, &src, n_blocks).unwrap();
+            check_dequantize("dequantize_q5_0", &q5_0, simd.dequantize_q5_0, scalar.dequantize_q5_0, 3).unwrap();
+            check_dequantize("dequantize_q5_1", &q5_1, simd.dequantize_q5_1, scalar.dequantize_q5_1, 5).unwrap();
+        }
+    }
+
     #[test]
     fn mismatched_lengths_panic_in_every_table() {
         for isa in Isa::supported() {
@@ -349,10 +397,108 @@ mod ggml_kernels_match_scalar {
             let dequantize =
                 std::panic::catch_unwind(|| (kernels.dequantize_q8_0)(&[BlockQ8_0::zeroed()], &mut [0.0; 31]));
             assert!(dequantize.is_err(), "{isa:?}: dequantize_q8_0 accepted 31 outputs for one block");
+            let quantize = std::panic::catch_unwind(|| (kernels.quantize_q5_1)(&[0.0; 31], &mut [BlockQ5_1::zeroed()]));
+            assert!(quantize.is_err(), "{isa:?}: quantize_q5_1 accepted 31 values for one block");
+            let dequantize =
+                std::panic::catch_unwind(|| (kernels.dequantize_q5_0)(&[BlockQ5_0::zeroed()], &mut [0.0; 33]));
+            assert!(dequantize.is_err(), "{isa:?}: dequantize_q5_0 accepted 33 outputs for one block");
         }
     }
 
     use bytemuck::Zeroable;
+}
+
+/// Every [`linear::quantize_activations_i8`] kernel, and the dispatched function, against the
+/// scalar kernel bit for bit: scale and values, over lengths `0..=4 * 32 + 3` (the AVX2 kernel
+/// works on 32 values at a time), misaligned starts and special values.
+mod activations_match_scalar {
+    use lathe_quant::Isa;
+    use lathe_quant::linear::{self, ActivationQuantizer};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
+
+    use super::ggml_kernels_match_scalar::{any_value, finite_value};
+
+    const MAX_LEN: usize = 4 * 32 + 3;
+
+    fn scalar() -> ActivationQuantizer {
+        linear::quantize_activations_i8_kernel(Isa::Scalar).expect("scalar always runs")
+    }
+
+    /// The kernels other than scalar's that this CPU runs, whatever `LATHE_FORCE_ISA` says, and
+    /// the dispatched function.
+    fn candidates() -> Vec<(&'static str, ActivationQuantizer)> {
+        let simd = Isa::supported().into_iter().filter(|&isa| isa != Isa::Scalar);
+        let simd = simd.filter_map(|isa| Some((isa.name(), linear::quantize_activations_i8_kernel(isa)?)));
+        simd.chain([("dispatched", linear::quantize_activations_i8 as ActivationQuantizer)]).collect()
+    }
+
+    /// A row at a misaligned offset inside a bigger buffer, with a misaligned destination.
+    fn row(value: BoxedStrategy<f32>) -> impl Strategy<Value = (Vec<f32>, usize, usize)> {
+        let row = prop_oneof![
+            6 => vec(value.clone(), 0..=MAX_LEN),
+            1 => (value, 0..=MAX_LEN).prop_map(|(v, len)| vec![v; len]),
+            // Tiny rows: subnormal amax, scales at the smallest subnormal.
+            1 => (vec(-1.0f32..1.0, 0..=MAX_LEN), prop::sample::select(&[1e-38f32, 1e-43, 1e-45][..]))
+                .prop_map(|(v, scale)| v.into_iter().map(|x| x * scale).collect()),
+            // Scale 1: values on and next to the half-integer ties.
+            1 => vec((-127i32..127, -1i32..=1), 0..MAX_LEN).prop_map(|ties| {
+                let probes = ties.into_iter().map(|(k, ulp)| {
+                    let tie = k as f32 + 0.5;
+                    match ulp { -1 => tie.next_down(), 0 => tie, _ => tie.next_up() }
+                });
+                [127.0].into_iter().chain(probes).collect()
+            }),
+        ];
+        (row, 0usize..8, 0usize..32).prop_map(|(values, offset, dst_offset)| {
+            let mut buffer = vec![7.0f32; offset];
+            buffer.extend(values);
+            (buffer, offset, dst_offset)
+        })
+    }
+
+    fn check(x: &[f32], dst_offset: usize) -> Result<(), TestCaseError> {
+        let mut expected = vec![0i8; x.len()];
+        let expected_scale = scalar()(x, &mut expected);
+        for (name, quantize) in candidates() {
+            let mut actual = vec![99i8; dst_offset + x.len() + 3];
+            let scale = quantize(x, &mut actual[dst_offset..dst_offset + x.len()]);
+            prop_assert_eq!(
+                scale.to_bits(),
+                expected_scale.to_bits(),
+                "{}: scale {} vs {}",
+                name,
+                scale,
+                expected_scale
+            );
+            prop_assert_eq!(&actual[dst_offset..dst_offset + x.len()], &expected[..], "{}: values of {:?}", name, x);
+            prop_assert!(actual[..dst_offset].iter().chain(&actual[dst_offset + x.len()..]).all(|&q| q == 99));
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn kernels_match_scalar_on_finite_input((buffer, offset, dst_offset) in row(finite_value())) {
+            check(&buffer[offset..], dst_offset)?;
+        }
+
+        #[test]
+        fn kernels_match_scalar_on_nan_and_infinities((buffer, offset, dst_offset) in row(any_value())) {
+            check(&buffer[offset..], dst_offset)?;
+        }
+    }
+
+    #[test]
+    fn mismatched_lengths_panic_in_every_kernel() {
+        for isa in Isa::supported() {
+            let quantize = linear::quantize_activations_i8_kernel(isa).expect("a supported isa has a kernel");
+            assert!(std::panic::catch_unwind(|| quantize(&[1.0; 33], &mut [0; 32])).is_err(), "{isa:?}");
+        }
+    }
 }
 
 /// `tests/data/kquants.safetensors` (made by `tests/data/make_kquants.py`): random K-quant

@@ -28,6 +28,10 @@ pub struct Kernels {
     pub dequantize_q4_0: fn(&[BlockQ4_0], &mut [f32]),
     pub quantize_q4_1: fn(&[f32], &mut [BlockQ4_1]),
     pub dequantize_q4_1: fn(&[BlockQ4_1], &mut [f32]),
+    pub quantize_q5_0: fn(&[f32], &mut [BlockQ5_0]),
+    pub dequantize_q5_0: fn(&[BlockQ5_0], &mut [f32]),
+    pub quantize_q5_1: fn(&[f32], &mut [BlockQ5_1]),
+    pub dequantize_q5_1: fn(&[BlockQ5_1], &mut [f32]),
 }
 
 const SCALAR: Kernels = Kernels {
@@ -39,6 +43,10 @@ const SCALAR: Kernels = Kernels {
     dequantize_q4_0: scalar::dequantize_q4_0,
     quantize_q4_1: scalar::quantize_q4_1,
     dequantize_q4_1: scalar::dequantize_q4_1,
+    quantize_q5_0: scalar::quantize_q5_0,
+    dequantize_q5_0: scalar::dequantize_q5_0,
+    quantize_q5_1: scalar::quantize_q5_1,
+    dequantize_q5_1: scalar::dequantize_q5_1,
 };
 
 /// The kernels of `isa`, or `None` when this CPU cannot run them.
@@ -75,9 +83,19 @@ dispatched_kernels! {
     dequantize_q4_0(&[BlockQ4_0], &mut [f32]), "Dequantizes Q4_0 blocks";
     quantize_q4_1(&[f32], &mut [BlockQ4_1]), "Quantizes `src` to Q4_1";
     dequantize_q4_1(&[BlockQ4_1], &mut [f32]), "Dequantizes Q4_1 blocks";
+    quantize_q5_0(&[f32], &mut [BlockQ5_0]), "Quantizes `src` to Q5_0";
+    dequantize_q5_0(&[BlockQ5_0], &mut [f32]), "Dequantizes Q5_0 blocks";
+    quantize_q5_1(&[f32], &mut [BlockQ5_1]), "Quantizes `src` to Q5_1";
+    dequantize_q5_1(&[BlockQ5_1], &mut [f32]), "Dequantizes Q5_1 blocks";
 }
 
 pub use scalar::{
-    dequantize_q2_k, dequantize_q3_k, dequantize_q4_k, dequantize_q5_0, dequantize_q5_1, dequantize_q5_k,
-    dequantize_q6_k, dequantize_q8_1, quantize_q5_0, quantize_q5_1,
+    dequantize_q2_k, dequantize_q3_k, dequantize_q4_k, dequantize_q5_k, dequantize_q6_k, dequantize_q8_1,
 };
+
+/// The AVX2 kernel of [`crate::linear::quantize_activations_i8`], or `None` when this CPU cannot
+/// run it. It lives with the GGML AVX2 kernels, whose rounding and packing helpers it shares.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_activation_quantizer() -> Option<crate::linear::ActivationQuantizer> {
+    x86_64::avx2::activation_quantizer()
+}

@@ -1,7 +1,8 @@
-//! AVX2 + FMA + F16C kernels of the GGML formats, bit-identical with [`crate::ggml::scalar`].
+//! AVX2 + FMA + F16C kernels of the GGML formats, bit-identical with [`crate::ggml::scalar`], and
+//! of [`crate::linear::quantize_activations_i8`], which shares their rounding and packing helpers.
 //!
-//! Every kernel here is a private `#[target_feature]` function; the only way in is the table
-//! that [`kernels`] returns after detection.
+//! Every kernel here is a private `#[target_feature]` function; the only ways in are the table
+//! that [`kernels`] returns and the pointer [`activation_quantizer`] returns, both after detection.
 //!
 //! Quantizers work on groups of eight blocks so that the per-block reductions (absolute
 //! maximum, signed extremes) and the scales they give sit one block per lane of a single vector:
@@ -11,13 +12,17 @@
 //! Dequantizers go block by block.
 //!
 //! Exactness, lane by lane against the scalar code:
-//! - The f32 operations are the scalar ones in the scalar order: `x * id` then `+ 8.5` (never an
-//!   FMA), `id = 1 / d` by true division, `(x - min) * id + 0.5`, `q * d + m`.
+//! - The f32 operations are the scalar ones in the scalar order: `x * id` then `+ 8.5` or `+ 16.5`
+//!   (never an FMA), `id = 1 / d` by true division, `(x - min) * id + 0.5`, `q * d + m`.
 //! - `round()` (ties away from zero) is `trunc(p + copysign(0.49999997, p))`, with the sum rounded
 //!   to nearest: exact for every f32 (checked exhaustively over all 2^32 inputs).
 //! - `as i8` saturates and maps NaN to 0: NaN lanes are zeroed, the top is clamped in f32 and the
 //!   bottom saturates in the `packs` to i8. Q8 groups with finite input and normal (or zero)
-//!   scales, the usual case, skip both: their products cannot leave `-127.5..127.5`.
+//!   scales, the usual case, skip both: their products cannot leave `-127.5..127.5`. Q5_1's
+//!   `as u8` clamps both ends in f32 (`max_ps(t, 0)` also maps NaN to 0).
+//! - Q5_0's `(t as i8).min(31)` is negative, so 128 or more as a byte, when the scale's inverse
+//!   overflows (blocks of values below about 2^-124): the scalar packing then spills bits 5 to 7
+//!   of such a byte into the next bits of `qh`, and so does [`pack_q5`], exactly.
 //! - `f16::from_f32` is `vcvtps2ph` with round-to-nearest-even, which half itself uses on F16C
 //!   machines and which equals half's software conversion for all 2^32 inputs (checked
 //!   exhaustively, NaN payloads included); `to_f32` is `vcvtph2ps`.
@@ -25,13 +30,19 @@
 //!   on order except for which of several equal values is kept, which matters in two places,
 //!   both handled exactly by a scalar scan of the (rare) blocks concerned: Q4_0 keeps the sign of
 //!   the *first* value of largest magnitude (when both `+a` and `-a` are at the top), and Q4_1
-//!   keeps the first of `+0.0` and `-0.0` when the minimum or maximum is zero.
+//!   keeps the first of `+0.0` and `-0.0` when the minimum or maximum is zero; Q5_0 and Q5_1
+//!   share these reductions.
 //!
 //! Non-finite input: quantizers follow the scalar semantics for NaN and infinities too (NaN is
 //! skipped by the reductions and quantizes to 0, infinities saturate), and the property tests
 //! check them byte for byte. Dequantizers give identical bits wherever the scalar result is a
 //! number; where it is NaN (a NaN or infinite f16 scale or minimum) they give NaN too, but when
-//! both operands of Q4_1's `q * d + m` are NaN, which payload survives is unspecified.
+//! both operands of Q4_1's or Q5_1's `q * d + m` are NaN, which payload survives is unspecified.
+//!
+//! Activations: the absolute maximum is a `max_ps` fold, which skips NaN as `f32::max` does and
+//! does not depend on order (all operands are non-negative numbers); the scale is the scalar
+//! code's own expression; `x / scale` is a true division, rounded half to even by `round_ps`, NaN
+//! zeroed and clamped to `-127..=127` in f32, as `round_ties_even().clamp(..) as i8` does.
 
 use core::arch::x86_64::*;
 
@@ -39,7 +50,8 @@ use bytemuck::Zeroable;
 use half::f16;
 
 use crate::Isa;
-use crate::ggml::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Kernels, QK};
+use crate::ggml::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, Kernels, QK};
+use crate::linear::ActivationQuantizer;
 
 /// Blocks per quantizer iteration: one block per f32 lane.
 const GROUP: usize = 8;
@@ -69,6 +81,10 @@ pub(crate) fn kernels() -> Option<&'static Kernels> {
             dequantize_q4_0(&[BlockQ4_0], &mut [f32]);
             quantize_q4_1(&[f32], &mut [BlockQ4_1]);
             dequantize_q4_1(&[BlockQ4_1], &mut [f32]);
+            quantize_q5_0(&[f32], &mut [BlockQ5_0]);
+            dequantize_q5_0(&[BlockQ5_0], &mut [f32]);
+            quantize_q5_1(&[f32], &mut [BlockQ5_1]);
+            dequantize_q5_1(&[BlockQ5_1], &mut [f32]);
         }
     }
     static AVX2: Kernels = Kernels {
@@ -80,8 +96,24 @@ pub(crate) fn kernels() -> Option<&'static Kernels> {
         dequantize_q4_0: entry::dequantize_q4_0,
         quantize_q4_1: entry::quantize_q4_1,
         dequantize_q4_1: entry::dequantize_q4_1,
+        quantize_q5_0: entry::quantize_q5_0,
+        dequantize_q5_0: entry::dequantize_q5_0,
+        quantize_q5_1: entry::quantize_q5_1,
+        dequantize_q5_1: entry::dequantize_q5_1,
     };
     Isa::Avx2.is_supported().then_some(&AVX2)
+}
+
+/// The AVX2 [`crate::linear::quantize_activations_i8`], or `None` when this CPU lacks AVX2, FMA or
+/// F16C.
+pub(crate) fn activation_quantizer() -> Option<ActivationQuantizer> {
+    // Nested so that nothing else can name it, as in `kernels`.
+    fn entry(x: &[f32], dst: &mut [i8]) -> f32 {
+        // SAFETY: reachable only through the pointer returned below, only when
+        // `Isa::Avx2.is_supported()` found AVX2, FMA and F16C on this CPU.
+        unsafe { quantize_activations_i8(x, dst) }
+    }
+    Isa::Avx2.is_supported().then_some(entry as ActivationQuantizer)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -213,11 +245,20 @@ fn round_q8_plain(p: __m256) -> __m256i {
     _mm256_cvttps_epi32(_mm256_add_ps(p, below_half))
 }
 
-/// `(t as i8).min(15)` per lane, before the saturating pack (as [`round_q8`]).
+/// `(t as i8).min(top)` per lane for an integer `top` below 128, before the saturating pack (as
+/// [`round_q8`]): 15 for Q4, 31 for Q5_0.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn truncate_q4(t: __m256) -> __m256i {
-    _mm256_cvttps_epi32(_mm256_min_ps(_mm256_set1_ps(15.0), zero_nan(t)))
+fn truncate_at_most(t: __m256, top: f32) -> __m256i {
+    _mm256_cvttps_epi32(_mm256_min_ps(_mm256_set1_ps(top), zero_nan(t)))
+}
+
+/// `(t as u8).min(31)` per lane: both ends clamped in f32, NaN to 0 (`max_ps` returns its second
+/// operand when the first is NaN).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn truncate_q5_1(t: __m256) -> __m256i {
+    _mm256_cvttps_epi32(_mm256_min_ps(_mm256_set1_ps(31.0), _mm256_max_ps(t, _mm256_setzero_ps())))
 }
 
 /// Packs a block's four i32 vectors to i8 with signed saturation. The 32-bit groups come out as
@@ -240,8 +281,14 @@ fn in_order(packed: __m256i) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn pack_nibbles(q: [__m256i; 4]) -> __m128i {
+    pair_nibbles(pack_i8(q))
+}
+
+/// The 16 bytes `b[j] | (b[j + 16] << 4)` of a block's 32 bytes `b` in [`pack_i8`] order.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn pair_nibbles(bytes: __m256i) -> __m128i {
     // Each 128-bit half of `pack_i8` holds 8 elements below 16, then their partners 16 further.
-    let bytes = pack_i8(q);
     let high = _mm256_and_si256(_mm256_slli_epi16::<4>(_mm256_srli_si256::<8>(bytes)), _mm256_set1_epi8(0xf0u8 as i8));
     let packed = _mm256_or_si256(bytes, high);
     // The low 8 bytes of each half are output bytes [0..4, 8..12] and [4..8, 12..16].
@@ -253,6 +300,32 @@ fn pack_nibbles(q: [__m256i; 4]) -> __m128i {
 fn store_32(dst: &mut [i8; QK], v: __m256i) {
     // SAFETY: `dst` is 32 writable bytes and the store is unaligned.
     unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) }
+}
+
+/// Q5 packing of a block's 32 bytes `q` in [`pack_i8`] order, as the scalar `pack_q5`: `qs[j] =
+/// (q[j] & 15) | (q[j + 16] & 15) << 4`, and `qh` ORs `(q[j] >> 4) << j` over the elements (bit
+/// `j` is the fifth bit of element `j` when every byte is below 32).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn pack_q5(q: __m256i) -> ([u8; 4], __m128i) {
+    let qs = pair_nibbles(_mm256_and_si256(q, _mm256_set1_epi8(0x0f)));
+    let ordered = in_order(q);
+    // Shifting 16-bit lanes left by 3 moves bit 4 of every byte to its bit 7.
+    let fifth_bits = _mm256_movemask_epi8(_mm256_slli_epi16::<3>(ordered)) as u32;
+    let qh = if _mm256_movemask_epi8(ordered) == 0 { fifth_bits } else { spilled_high_bits(ordered) };
+    (qh.to_le_bytes(), qs)
+}
+
+/// `qh` of [`pack_q5`] when some byte is 128 or more (only Q5_0, from negative `as i8` values):
+/// bits 4 to 7 of byte `j` land on bits `j` to `j + 3`, the ones past bit 31 dropped.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[cold]
+fn spilled_high_bits(ordered: __m256i) -> u32 {
+    let bit_4 = _mm256_movemask_epi8(_mm256_slli_epi16::<3>(ordered)) as u32;
+    let bit_5 = _mm256_movemask_epi8(_mm256_slli_epi16::<2>(ordered)) as u32;
+    let bit_6 = _mm256_movemask_epi8(_mm256_slli_epi16::<1>(ordered)) as u32;
+    let bit_7 = _mm256_movemask_epi8(ordered) as u32;
+    bit_4 | (bit_5 << 1) | (bit_6 << 2) | (bit_7 << 3)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -319,6 +392,8 @@ group_quantizer! {
     quantize_q8_1: BlockQ8_1 = quantize_group_q8_1;
     quantize_q4_0: BlockQ4_0 = quantize_group_q4_0;
     quantize_q4_1: BlockQ4_1 = quantize_group_q4_1;
+    quantize_q5_0: BlockQ5_0 = quantize_group_q5_0;
+    quantize_q5_1: BlockQ5_1 = quantize_group_q5_1;
 }
 
 /// The per-block scales of Q8_0 and Q8_1, one block per lane.
@@ -417,8 +492,11 @@ fn quantize_group_q8_1(x: &[f32; GROUP_LEN], out: &mut [BlockQ8_1; GROUP]) {
     }
 }
 
+/// Per block, the value of largest magnitude with its sign, NaN skipped, as the scalar
+/// `signed_absmax` scan finds it (Q4_0 and Q5_0).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn quantize_group_q4_0(x: &[f32; GROUP_LEN], out: &mut [BlockQ4_0; GROUP]) {
+#[inline]
+fn signed_absmax(x: &[f32; GROUP_LEN]) -> __m256 {
     // The scalar code keeps the first value of largest magnitude, with its sign. Per block, the
     // largest value `high` (at least 0) and the smallest `low` (at most 0), NaN skipped, decide
     // it unless `high == -low != 0`: then both signs occur at the top and order decides.
@@ -443,15 +521,19 @@ fn quantize_group_q4_0(x: &[f32; GROUP_LEN], out: &mut [BlockQ4_0; GROUP]) {
         first_of_magnitude(x, ties, bytemuck::cast(high), &mut max_lanes);
         max = bytemuck::cast(max_lanes);
     }
+    max
+}
 
-    let d = _mm256_div_ps(max, _mm256_set1_ps(-8.0));
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_group_q4_0(x: &[f32; GROUP_LEN], out: &mut [BlockQ4_0; GROUP]) {
+    let d = _mm256_div_ps(signed_absmax(x), _mm256_set1_ps(-8.0));
     let id = scale_inverse(d);
     let d = f16_bits(d);
     let bias = _mm256_set1_ps(8.5);
     for (b, block) in out.iter_mut().enumerate() {
         let id = broadcast(id, b);
         let v = block_vectors(x, b);
-        let q = |v: __m256| truncate_q4(_mm256_add_ps(_mm256_mul_ps(v, id), bias));
+        let q = |v: __m256| truncate_at_most(_mm256_add_ps(_mm256_mul_ps(v, id), bias), 15.0);
         store_16(&mut block.qs, pack_nibbles([q(v[0]), q(v[1]), q(v[2]), q(v[3])]));
         block.d = f16::from_bits(d[b]);
     }
@@ -469,8 +551,11 @@ fn first_of_magnitude(x: &[f32; GROUP_LEN], ties: i32, amax: [f32; 8], max: &mut
     }
 }
 
+/// Per block, the minimum and maximum as the scalar `min_max` fold finds them, NaN skipped and
+/// the first of `+0.0` and `-0.0` kept (Q4_1 and Q5_1).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn quantize_group_q4_1(x: &[f32; GROUP_LEN], out: &mut [BlockQ4_1; GROUP]) {
+#[inline]
+fn min_max(x: &[f32; GROUP_LEN]) -> (__m256, __m256) {
     // `min_ps(v, acc)` is `if v < acc { v } else { acc }`, the scalar fold's step, NaN skipped.
     let (mut lows, mut highs) = ([_mm256_set1_ps(f32::MAX); GROUP], [_mm256_set1_ps(-f32::MAX); GROUP]);
     for (b, (low, high)) in lows.iter_mut().zip(&mut highs).enumerate() {
@@ -491,7 +576,12 @@ fn quantize_group_q4_1(x: &[f32; GROUP_LEN], out: &mut [BlockQ4_1; GROUP]) {
         first_zeros(x, zeros, &mut min_lanes, &mut max_lanes);
         (min, max) = (bytemuck::cast(min_lanes), bytemuck::cast(max_lanes));
     }
+    (min, max)
+}
 
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_group_q4_1(x: &[f32; GROUP_LEN], out: &mut [BlockQ4_1; GROUP]) {
+    let (min, max) = min_max(x);
     let d = _mm256_div_ps(_mm256_sub_ps(max, min), _mm256_set1_ps(15.0));
     let id = scale_inverse(d);
     let (d, m) = (f16_bits(d), f16_bits(min));
@@ -499,7 +589,7 @@ fn quantize_group_q4_1(x: &[f32; GROUP_LEN], out: &mut [BlockQ4_1; GROUP]) {
     for (b, block) in out.iter_mut().enumerate() {
         let (min, id) = (broadcast(min, b), broadcast(id, b));
         let v = block_vectors(x, b);
-        let q = |v: __m256| truncate_q4(_mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, min), id), half));
+        let q = |v: __m256| truncate_at_most(_mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, min), id), half), 15.0);
         store_16(&mut block.qs, pack_nibbles([q(v[0]), q(v[1]), q(v[2]), q(v[3])]));
         block.d = f16::from_bits(d[b]);
         block.m = f16::from_bits(m[b]);
@@ -521,6 +611,42 @@ fn first_zeros(x: &[f32; GROUP_LEN], zeros: i32, min: &mut [f32; 8], max: &mut [
                 max[b] = first;
             }
         }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_group_q5_0(x: &[f32; GROUP_LEN], out: &mut [BlockQ5_0; GROUP]) {
+    let d = _mm256_div_ps(signed_absmax(x), _mm256_set1_ps(-16.0));
+    let id = scale_inverse(d);
+    let d = f16_bits(d);
+    let bias = _mm256_set1_ps(16.5);
+    for (b, block) in out.iter_mut().enumerate() {
+        let id = broadcast(id, b);
+        let v = block_vectors(x, b);
+        let q = |v: __m256| truncate_at_most(_mm256_add_ps(_mm256_mul_ps(v, id), bias), 31.0);
+        let (qh, qs) = pack_q5(pack_i8([q(v[0]), q(v[1]), q(v[2]), q(v[3])]));
+        store_16(&mut block.qs, qs);
+        block.qh = qh;
+        block.d = f16::from_bits(d[b]);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_group_q5_1(x: &[f32; GROUP_LEN], out: &mut [BlockQ5_1; GROUP]) {
+    let (min, max) = min_max(x);
+    let d = _mm256_div_ps(_mm256_sub_ps(max, min), _mm256_set1_ps(31.0));
+    let id = scale_inverse(d);
+    let (d, m) = (f16_bits(d), f16_bits(min));
+    let half = _mm256_set1_ps(0.5);
+    for (b, block) in out.iter_mut().enumerate() {
+        let (min, id) = (broadcast(min, b), broadcast(id, b));
+        let v = block_vectors(x, b);
+        let q = |v: __m256| truncate_q5_1(_mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v, min), id), half));
+        let (qh, qs) = pack_q5(pack_i8([q(v[0]), q(v[1]), q(v[2]), q(v[3])]));
+        store_16(&mut block.qs, qs);
+        block.qh = qh;
+        block.d = f16::from_bits(d[b]);
+        block.m = f16::from_bits(m[b]);
     }
 }
 
@@ -583,4 +709,123 @@ fn dequantize_q4_1(src: &[BlockQ4_1], dst: &mut [f32]) {
             store(&mut y[half + 2], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(high), d), m));
         }
     }
+}
+
+/// A Q5 block's 32 values `nibble | fifth_bit << 4` as i32 lanes, in element order.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q5_values(qh: [u8; 4], qs: &[u8; QK / 2]) -> [__m256i; 4] {
+    let qh = _mm256_set1_epi32(u32::from_le_bytes(qh) as i32);
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    // Bit `j` of `qh`, moved to bit 4, for the eight elements from `first`.
+    let fifth_bits = |first: i32| {
+        let bit = _mm256_srlv_epi32(qh, _mm256_add_epi32(lanes, _mm256_set1_epi32(first)));
+        _mm256_slli_epi32::<4>(_mm256_and_si256(bit, _mm256_set1_epi32(1)))
+    };
+    let (q, _) = qs.as_chunks::<8>();
+    let (low_0, high_0) = nibbles(&q[0]);
+    let (low_1, high_1) = nibbles(&q[1]);
+    [
+        _mm256_or_si256(low_0, fifth_bits(0)),
+        _mm256_or_si256(low_1, fifth_bits(8)),
+        _mm256_or_si256(high_0, fifth_bits(16)),
+        _mm256_or_si256(high_1, fifth_bits(24)),
+    ]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequantize_q5_0(src: &[BlockQ5_0], dst: &mut [f32]) {
+    assert_eq!(dst.len(), src.len() * QK, "destination length must be 32 times the block count");
+    let (dst, _) = dst.as_chunks_mut::<QK>();
+    let sixteen = _mm256_set1_epi32(16);
+    for (block, y) in src.iter().zip(dst) {
+        let d = broadcast_f16(block.d);
+        let (y, _) = y.as_chunks_mut::<8>();
+        for (q, y) in q5_values(block.qh, &block.qs).into_iter().zip(y) {
+            store(y, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, sixteen)), d));
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequantize_q5_1(src: &[BlockQ5_1], dst: &mut [f32]) {
+    assert_eq!(dst.len(), src.len() * QK, "destination length must be 32 times the block count");
+    let (dst, _) = dst.as_chunks_mut::<QK>();
+    for (block, y) in src.iter().zip(dst) {
+        let (d, m) = (broadcast_f16(block.d), broadcast_f16(block.m));
+        let (y, _) = y.as_chunks_mut::<8>();
+        for (q, y) in q5_values(block.qh, &block.qs).into_iter().zip(y) {
+            // `q * d + m`: two roundings, as the scalar code, never an FMA.
+            store(y, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), d), m));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-token int8 activations (`crate::linear`).
+
+/// Values per activation iteration: four vectors, packed to one 32-byte store.
+const ACTIVATION_CHUNK: usize = 32;
+
+/// Folds `|v|` of 32 values into four accumulators; `max_ps(|v|, acc)` keeps `acc` when `v` is
+/// NaN, as `f32::max` skips NaN.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn absmax_step(x: &[f32; ACTIVATION_CHUNK], acc: &mut [__m256; 4]) {
+    let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let (v, _) = x.as_chunks::<8>();
+    for (v, acc) in v.iter().zip(acc) {
+        *acc = _mm256_max_ps(_mm256_and_ps(load(v), magnitude), *acc);
+    }
+}
+
+/// The 32 values `(x / scale).round_ties_even().clamp(-127.0, 127.0) as i8`, in order.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn activation_values(x: &[f32; ACTIVATION_CHUNK], scale: __m256) -> __m256i {
+    let (v, _) = x.as_chunks::<8>();
+    let (low, high) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+    let q = |v: &[f32; 8]| {
+        let rounded =
+            _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_div_ps(load(v), scale));
+        // NaN becomes 0 (`NaN as i8`) before the clamp, which would otherwise keep a bound.
+        _mm256_cvttps_epi32(_mm256_min_ps(high, _mm256_max_ps(low, zero_nan(rounded))))
+    };
+    in_order(pack_i8([q(&v[0]), q(&v[1]), q(&v[2]), q(&v[3])]))
+}
+
+/// [`crate::linear::quantize_activations_i8`]: 32 values per iteration, the last, partial chunk
+/// padded with zeros (which change neither the maximum nor the kept values).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_activations_i8(x: &[f32], dst: &mut [i8]) -> f32 {
+    assert_eq!(x.len(), dst.len(), "quantize_activations_i8: source and destination lengths differ");
+    let (chunks, x_tail) = x.as_chunks::<ACTIVATION_CHUNK>();
+    let mut padded = [0.0f32; ACTIVATION_CHUNK];
+    padded[..x_tail.len()].copy_from_slice(x_tail);
+
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for chunk in chunks {
+        absmax_step(chunk, &mut acc);
+    }
+    absmax_step(&padded, &mut acc);
+    let acc = _mm256_max_ps(_mm256_max_ps(acc[0], acc[1]), _mm256_max_ps(acc[2], acc[3]));
+    let lanes: [f32; 8] = bytemuck::cast(acc);
+    let amax = lanes.into_iter().fold(0.0f32, f32::max);
+
+    let scale = crate::linear::activation_scale(amax);
+    if scale == 0.0 {
+        dst.fill(0);
+        return 0.0;
+    }
+    let scale_vector = _mm256_set1_ps(scale);
+    let (dst_chunks, dst_tail) = dst.as_chunks_mut::<ACTIVATION_CHUNK>();
+    for (x, q) in chunks.iter().zip(dst_chunks) {
+        store_32(q, activation_values(x, scale_vector));
+    }
+    if !dst_tail.is_empty() {
+        let mut q = [0i8; ACTIVATION_CHUNK];
+        store_32(&mut q, activation_values(&padded, scale_vector));
+        dst_tail.copy_from_slice(&q[..dst_tail.len()]);
+    }
+    scale
 }
