@@ -1,4 +1,4 @@
-//! `cargo xtask bench [quant|gemm|all] [ARGS]`: the criterion benches under the conditions lathe's
+//! `cargo xtask bench [quant|gemm|sparse|all] [ARGS]`: the criterion benches under the conditions lathe's
 //! figures assume (one thread), then one markdown table per kernel read back from criterion's
 //! output files.
 //!
@@ -24,6 +24,8 @@ enum Selection {
     Quant,
     /// lathe-peers' `dense_gemm`.
     Gemm,
+    /// lathe-peers' `sparse_peers` (and lathe-sparse's own bench).
+    Sparse,
     /// Every bench target of the workspace, the end-to-end ones on the real models included.
     All,
 }
@@ -42,6 +44,7 @@ impl Options {
         let selection = match args.first().map(String::as_str) {
             Some("quant") => Some(Selection::Quant),
             Some("gemm") => Some(Selection::Gemm),
+            Some("sparse") => Some(Selection::Sparse),
             Some("all") => Some(Selection::All),
             _ => None,
         };
@@ -89,6 +92,9 @@ fn run_criterion(options: &Options) -> Result<()> {
         }
         Selection::Gemm => {
             command.args(["--package", "lathe-peers", "--bench", "dense_gemm"]);
+        }
+        Selection::Sparse => {
+            command.args(["--package", "lathe-peers", "--bench", "sparse_peers"]);
         }
         Selection::All => {
             // The end-to-end benches read the real models; fetching is a hash check when they are there.
@@ -269,6 +275,8 @@ enum RowOrder {
 /// One kernel's table: a criterion group, its implementations as columns.
 #[derive(Debug, Clone)]
 struct TableSpec {
+    /// The criterion group; a trailing `*` takes every group with that prefix (their parameters
+    /// must differ).
     group: String,
     caption: String,
     row_header: &'static str,
@@ -286,6 +294,18 @@ const QUANT_GEMM_COLUMNS: &[(&str, &str)] = &[
     ("lathe_q8_0", "q8_0"),
     ("lathe_q4_0", "q4_0"),
     ("candle_q8_0", "candle q8_0"),
+];
+const SPARSE_COLUMNS: &[(&str, &str)] = &[
+    ("dense", "dense"),
+    ("csr_50", "csr 50%"),
+    ("csr_70", "csr 70%"),
+    ("csr_90", "csr 90%"),
+    ("csr_95", "csr 95%"),
+    ("nm_2_4", "2:4"),
+    ("sprs_50", "sprs 50%"),
+    ("sprs_70", "sprs 70%"),
+    ("sprs_90", "sprs 90%"),
+    ("sprs_95", "sprs 95%"),
 ];
 const GEMM_COLUMNS: &[(&str, &str)] = &[("matrixmultiply", "matrixmultiply"), ("gemm", "gemm"), ("faer", "faer")];
 
@@ -379,6 +399,27 @@ fn table_specs(selection: Selection) -> Vec<TableSpec> {
             order: RowOrder::GemmShape,
         });
     }
+    if matches!(selection, Selection::Sparse | Selection::All) {
+        let ratio = |numerator, denominator, header| Ratio {
+            numerator,
+            denominator: Denominator::Function(denominator),
+            header,
+        };
+        specs.push(TableSpec {
+            group: "sparse_*".to_owned(),
+            caption: "effective GFLOP/s (dense FLOPs / time), Y = X · Wᵀ".to_owned(),
+            row_header: "tokens x in x out",
+            columns: SPARSE_COLUMNS,
+            ratios: vec![
+                ratio("csr_70", "dense", "70% / dense"),
+                ratio("csr_90", "dense", "90% / dense"),
+                ratio("nm_2_4", "dense", "2:4 / dense"),
+                ratio("csr_50", "sprs_50", "csr / sprs 50%"),
+                ratio("csr_90", "sprs_90", "csr / sprs 90%"),
+            ],
+            order: RowOrder::GemmShape,
+        });
+    }
     if matches!(selection, Selection::Gemm | Selection::All) {
         specs.push(TableSpec {
             group: "dense_gemm".to_owned(),
@@ -450,7 +491,11 @@ fn render_table(
 ) -> Option<String> {
     // parameter -> function -> measurement
     let mut rows: BTreeMap<&str, BTreeMap<&str, &Measurement>> = BTreeMap::new();
-    for m in results.iter().filter(|m| m.group == spec.group) {
+    let in_table = |group: &str| match spec.group.strip_suffix('*') {
+        Some(prefix) => group.starts_with(prefix),
+        None => group == spec.group,
+    };
+    for m in results.iter().filter(|m| in_table(&m.group)) {
         rows.entry(m.parameter.as_str()).or_default().insert(m.function.as_str(), m);
     }
     if rows.is_empty() {
@@ -463,7 +508,7 @@ fn render_table(
     });
 
     let mut out = String::new();
-    let _ = writeln!(out, "### {} ({})\n", spec.group, spec.caption);
+    let _ = writeln!(out, "### {} ({})\n", spec.group.trim_end_matches('*'), spec.caption);
     let mut header = format!("| {} |", spec.row_header);
     let mut rule = String::from("|---|");
     for (_, name) in spec.columns.iter() {
@@ -550,6 +595,7 @@ mod tests {
         let options = Options::parse(strings(&["--", "quant"]));
         assert_eq!(options.selection, Selection::All);
         assert_eq!(options.criterion_args, strings(&["quant"]));
+        assert_eq!(Options::parse(strings(&["sparse"])).selection, Selection::Sparse);
         assert!(!Options::parse(strings(&["quant", "--", "--list"])).measures());
         assert!(Options::parse(strings(&["quant"])).measures());
     }
@@ -598,6 +644,22 @@ mod tests {
         assert!(text.contains("| 128x384x384 | 50.0 | 100 | - | - | - | 2.00 | - |"), "{text}");
         assert!(!text.contains("dense_gemm"), "the gemm table belongs to the gemm selection: {text}");
         assert!(!text.contains("quantize_q4_1"), "tables without results are left out: {text}");
+    }
+
+    #[test]
+    fn sparse_table_gathers_every_shape_group() {
+        let flops = Throughput::Elements(1000);
+        let results = vec![
+            measurement("sparse_384x384_t128", "dense", "128x384x384", 20.0, flops),
+            measurement("sparse_384x384_t128", "csr_90", "128x384x384", 4.0, flops),
+            measurement("sparse_4096x4096_t1", "dense", "1x4096x4096", 100.0, flops),
+            measurement("sparse_4096x4096_t1", "csr_90", "1x4096x4096", 10.0, flops),
+        ];
+        let text = report(Path::new("target/criterion"), &results, Selection::Sparse);
+        let small = text.find("| 128x384x384 | 50.0 | - | - | 250 |").expect(&text);
+        let large = text.find("| 1x4096x4096 | 10.0 | - | - | 100 |").expect(&text);
+        assert!(small < large, "{text}");
+        assert!(text.contains("| - | 5.00 | - | - | - |"), "{text}");
     }
 
     #[test]

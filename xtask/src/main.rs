@@ -31,7 +31,7 @@ commands:
                              LATHE_FORCE_ISA=scalar), one quick pass of each bench, docs,
                              and the repository checks in xtask/src/tidy.rs
   fetch-models               download the real models into the models dir and check their sha256
-  bench [quant|gemm|all] [ARGS]
+  bench [quant|gemm|sparse|all] [ARGS]
                              run criterion benches on one thread, then print one table per
                              kernel (GB/s or GFLOP/s, ratios to candle and to this machine's
                              read/write bandwidth); quant: lathe-peers quant_peers and
