@@ -35,7 +35,8 @@ commands:
                              run criterion benches on one thread, then print one table per
                              kernel (GB/s or GFLOP/s, ratios to candle and to this machine's
                              read/write bandwidth); quant: lathe-peers quant_peers and
-                             bandwidth, gemm: dense_gemm, all (default): every bench target;
+                             bandwidth, gemm: dense_gemm, sparse: sparse_peers, all
+                             (default): every bench target;
                              ARGS go to criterion
   demo                       fetch the models and run `lathe inspect` on each
   fuzz [--seconds N] [TARGET...]
