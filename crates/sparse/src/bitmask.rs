@@ -229,23 +229,27 @@ impl<I: ColumnIndex> RowSource for Decoded<'_, I> {
         let first = matrix.row_offsets.get(range.start).copied().unwrap_or(end);
         scratch.reserve(n_rows, end - first);
         for row in range {
-            scratch.start_row();
             let mask = &matrix.bitmask[row * row_bytes..][..row_bytes];
-            let mut values = matrix.compressed[matrix.row_offsets[row]..].iter();
-            for (word_idx, bytes) in mask.chunks(8).enumerate() {
-                let mut word_bytes = [0u8; 8];
-                word_bytes[..bytes.len()].copy_from_slice(bytes);
-                let mut word = u64::from_le_bytes(word_bytes);
-                while word != 0 {
-                    let col = word_idx * 64 + word.trailing_zeros() as usize;
-                    word &= word - 1;
-                    let value = *values.next().expect("the bitmask and values agree");
-                    if value != 0.0 {
-                        scratch.push(col, value);
+            let first = matrix.row_offsets[row];
+            let count = mask.iter().map(|byte| byte.count_ones() as usize).sum();
+            let values = &matrix.compressed[first..first + count];
+            scratch.push_row_with(count, |out| {
+                let mut next = 0;
+                for (word_idx, bytes) in mask.chunks(8).enumerate() {
+                    let mut word_bytes = [0u8; 8];
+                    word_bytes[..bytes.len()].copy_from_slice(bytes);
+                    let mut word = u64::from_le_bytes(word_bytes);
+                    while word != 0 {
+                        let col = word_idx * 64 + word.trailing_zeros() as usize;
+                        word &= word - 1;
+                        let value = values[next];
+                        next += 1;
+                        if value != 0.0 {
+                            out.put(col, value);
+                        }
                     }
                 }
-            }
-            scratch.end_row();
+            });
         }
         scratch.view(0..n_rows)
     }

@@ -65,17 +65,17 @@ fn compress<I: ColumnIndex>(weights: &[f32], rows: usize, cols: usize) -> Result
     entries.reserve(rows, nnz);
     let mut row_offsets = Vec::with_capacity(rows + 1);
     row_offsets.push(0);
-    for row in 0..rows {
-        entries.start_row();
-        for (col, &weight) in weights[row * cols..][..cols].iter().enumerate() {
-            if weight.is_nan() {
-                return Err(Error::NotANumber { row, col });
-            }
-            if weight != 0.0 {
-                entries.push(col, weight);
-            }
+    for (row, weights) in weights.chunks_exact(cols.max(1)).take(rows).enumerate() {
+        if let Some(col) = weights.iter().position(|weight| weight.is_nan()) {
+            return Err(Error::NotANumber { row, col });
         }
-        entries.end_row();
+        let nonzeros = weights.iter().enumerate().filter(|&(_, &weight)| weight != 0.0);
+        entries.push_row(cols, nonzeros.map(|(col, &weight)| (col, weight)));
+        row_offsets.push(entries.len());
+    }
+    // Zero columns: `chunks_exact` saw no weights, and every row is empty.
+    for _ in row_offsets.len() - 1..rows {
+        entries.push_row(0, []);
         row_offsets.push(entries.len());
     }
     Ok((entries, row_offsets))

@@ -27,10 +27,10 @@
 //! sparse layer drops in for a dense one. Internally the SpMM kernels read a transposed copy of
 //! `x` in panels of 16 tokens (`[cols, 16]`): a nonzero `(r, c, w)` then meets 16 contiguous
 //! activations of column `c` (one cache line) with one broadcast and two fused multiply-adds,
-//! where the row-major layout would need a gather per token. The transpose costs one pass over `x` (8 x 8 register
-//! transposes, about 1 % of a 90 %-sparse 128-token product on MiniLM shapes) and is amortized
-//! over every row; the outputs come back through the same transposes. One token (SpMV) reads
-//! `x` directly.
+//! where the row-major layout would need a gather per token. The transpose costs one pass over
+//! `x` and the results come back through the same 8 x 8 register transposes, one pass over `y`:
+//! together about a fifth of a 90 %-sparse 128-token product on MiniLM shapes and a few percent
+//! at 50 %, paid once per call for every row. One token (SpMV) reads `x` directly.
 //!
 //! # Sum order
 //! Every path, batch size and thread count computes each output with the same sequence of f32

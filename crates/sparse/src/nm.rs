@@ -274,21 +274,13 @@ impl<I: ColumnIndex> RowSource for Decoded<'_, I> {
         scratch.clear();
         scratch.reserve(n_rows, n_rows * per_row);
         for row in range {
-            scratch.start_row();
             let packed = &matrix.packed_indices[row * row_bytes..][..row_bytes];
-            let mut slots = matrix.values[row * per_row..][..per_row].chunks_exact(n);
-            let mut at = 0;
-            for first in (0..matrix.cols).step_by(m) {
-                let values = slots.next().expect("a group of n slots per m columns");
-                for &value in values {
-                    let position = read_bits(packed, at, bits);
-                    at += bits;
-                    if value != 0.0 {
-                        scratch.push(first + position, value);
-                    }
-                }
-            }
-            scratch.end_row();
+            let values = &matrix.values[row * per_row..][..per_row];
+            let slots = values
+                .iter()
+                .enumerate()
+                .map(|(slot, &value)| ((slot / n) * m + read_bits(packed, slot * bits, bits), value));
+            scratch.push_row(per_row, slots.filter(|&(_, value)| value != 0.0));
         }
         scratch.view(0..n_rows)
     }

@@ -86,11 +86,6 @@ pub(crate) struct SparseRows<I> {
     bounds: Vec<usize>,
     indices: Vec<I>,
     values: Vec<f32>,
-    /// Builder state: the block the row being built has reached, the first column past it, and
-    /// the least column the row may take next.
-    block: usize,
-    block_end: usize,
-    next_col: usize,
 }
 
 impl<I: ColumnIndex> SparseRows<I> {
@@ -107,9 +102,6 @@ impl<I: ColumnIndex> SparseRows<I> {
             bounds: Vec::new(),
             indices: Vec::new(),
             values: Vec::new(),
-            block: 0,
-            block_end: COL_BLOCK,
-            next_col: 0,
         }
     }
 
@@ -128,37 +120,49 @@ impl<I: ColumnIndex> SparseRows<I> {
         self.values.reserve(entries);
     }
 
-    /// Starts a row; entries go to it until [`end_row`](Self::end_row).
-    pub(crate) fn start_row(&mut self) {
-        self.bounds.push(self.indices.len());
-        self.block = 0;
-        self.block_end = COL_BLOCK;
-        self.next_col = 0;
-    }
-
-    /// Appends `(col, value)` to the current row.
+    /// Appends a row of at most `max_len` entries, `(column, value)` in increasing column order.
     ///
     /// # Panics
-    /// If `col` is not greater than the row's previous column or not below `cols`: the kernels'
-    /// soundness rests on this check.
-    #[inline]
-    pub(crate) fn push(&mut self, col: usize, value: f32) {
-        assert!(col >= self.next_col && col < self.cols, "column {col} out of order or beyond {}", self.cols);
-        while col >= self.block_end {
-            self.block += 1;
-            self.block_end += COL_BLOCK;
-            self.bounds.push(self.indices.len());
-        }
-        self.indices.push(I::from_col(col));
-        self.values.push(value);
-        self.next_col = col + 1;
+    /// As [`push_row_with`](Self::push_row_with).
+    pub(crate) fn push_row(&mut self, max_len: usize, entries: impl IntoIterator<Item = (usize, f32)>) {
+        self.push_row_with(max_len, |row| {
+            for (col, value) in entries {
+                row.put(col, value);
+            }
+        });
     }
 
-    /// Ends the current row.
-    pub(crate) fn end_row(&mut self) {
-        while self.block < self.n_blocks {
-            self.block += 1;
-            self.bounds.push(self.indices.len());
+    /// Appends a row of at most `max_len` entries, which `fill` writes through a [`RowWriter`]
+    /// in increasing column order.
+    ///
+    /// The writer fills slots reserved up front, so a decoder's loop keeps no vector length in
+    /// memory.
+    ///
+    /// # Panics
+    /// If `fill` writes more than `max_len` entries, or a column that is not below `cols` or not
+    /// greater than the one before it: the kernels' soundness rests on these checks.
+    pub(crate) fn push_row_with(&mut self, max_len: usize, fill: impl FnOnce(&mut RowWriter<'_, I>)) {
+        let start = self.indices.len();
+        self.indices.resize(start + max_len, I::default());
+        self.values.resize(start + max_len, 0.0);
+        self.bounds.push(start);
+        let bounds_len = self.bounds.len();
+        let mut writer = RowWriter {
+            cols: self.cols,
+            start,
+            indices: &mut self.indices[start..],
+            values: &mut self.values[start..],
+            bounds: &mut self.bounds,
+            len: 0,
+            block_end: COL_BLOCK,
+            next_col: 0,
+        };
+        fill(&mut writer);
+        let len = writer.len;
+        self.indices.truncate(start + len);
+        self.values.truncate(start + len);
+        for _ in self.bounds.len() - bounds_len..self.n_blocks {
+            self.bounds.push(start + len);
         }
         self.n_rows += 1;
     }
@@ -199,6 +203,40 @@ impl<I: ColumnIndex> SparseRows<I> {
             indices: &self.indices,
             values: &self.values,
         }
+    }
+}
+
+/// Writes one row of a [`SparseRows`] (see [`SparseRows::push_row_with`]).
+#[derive(Debug)]
+pub(crate) struct RowWriter<'a, I> {
+    cols: usize,
+    start: usize,
+    indices: &'a mut [I],
+    values: &'a mut [f32],
+    bounds: &'a mut Vec<usize>,
+    len: usize,
+    /// The first column past the current block, and the least column the row may take next.
+    block_end: usize,
+    next_col: usize,
+}
+
+impl<I: ColumnIndex> RowWriter<'_, I> {
+    /// Appends `(col, value)`.
+    ///
+    /// # Panics
+    /// If `col` is not below `cols` or not greater than the row's previous column, or the row is
+    /// full.
+    #[inline]
+    pub(crate) fn put(&mut self, col: usize, value: f32) {
+        assert!(col >= self.next_col && col < self.cols, "column {col} out of order or beyond {}", self.cols);
+        while col >= self.block_end {
+            self.block_end += COL_BLOCK;
+            self.bounds.push(self.start + self.len);
+        }
+        self.indices[self.len] = I::from_col(col);
+        self.values[self.len] = value;
+        self.len += 1;
+        self.next_col = col + 1;
     }
 }
 

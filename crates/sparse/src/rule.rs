@@ -28,25 +28,28 @@ const GEMV_DRAM_BYTES: usize = 16 << 20;
 /// this machine (Zen 3, AVX2+FMA). Later issues call it when loading a layer to pick its kernel.
 ///
 /// The rule is a break-even density per format and batch size, read off the medians of the
-/// `sparse_peers` bench (`benches/peers`) and of interleaved re-runs of its shapes at 2 to 16
-/// tokens: 384x384, 1536x384, 384x1536 and 4096x4096 (out x in). Speedups are dense time over
-/// sparse time, as ranges over the shapes and over runs on a loaded, shared two-vCPU machine:
+/// `sparse_peers` bench (`benches/peers`, one run per group on a shared two-vCPU Zen 3, 2026-12)
+/// and of interleaved re-runs of the same shapes at 2 to 16 tokens. Shapes are 384x384,
+/// 1536x384, 384x1536 and 4096x4096 (out x in); entries are dense time over sparse time, as the
+/// range over the three MiniLM shapes, then the 4096x4096 layer:
 ///
-/// | tokens | 90 % CSR | 70 % CSR | 50 % CSR | 2:4 `NmMatrix` | break-even density |
-/// |---|---|---|---|---|---|
-/// | 1, layer <= 16 MiB | 1.3 - 2.1x | 0.5 - 0.9x | 0.3 - 0.6x | 0.2 - 0.3x | CSR 0.15, N:M 0.1 |
-/// | 1, 64 MiB layer | 2.4 - 3.4x | 1.6 - 1.9x | 1.1 - 1.4x | 0.6 - 0.8x | CSR 0.5, N:M 0.1 |
-/// | 2 - 16 | 3.7 - 8.1x | 1.6 - 3.2x | 1.0 - 2.0x | 0.9 - 1.8x | CSR 0.5, N:M 0.5 from 8 tokens |
-/// | 17 - 64 (32) | 3.9 - 8.2x | 1.5 - 3.1x | 1.3 - 2.5x | 0.75 - 1.5x | CSR 0.55, N:M 0.35 |
-/// | more (128) | 3.0 - 5.8x | 1.3 - 2.5x | 0.9 - 1.5x | 0.6 - 1.3x | CSR 0.45, N:M 0.35 |
+/// | tokens | 50 % CSR | 70 % CSR | 90 % CSR | 95 % CSR | 2:4 `NmMatrix` | break-even density |
+/// |---|---|---|---|---|---|---|
+/// | 1 | 0.28 - 0.37, 1.08 | 0.48 - 0.65, 1.29 | 1.09 - 1.31, 2.47 | 1.61 - 2.03, 6.29 | 0.19 - 0.27, 0.94 | CSR 0.1 (0.45 above 16 MiB of f32 weights), N:M 0.1 |
+/// | 2 - 16 | 0.99 - 2.0 | 1.6 - 3.2 | 3.7 - 8.1 | | 0.86 - 1.81 | CSR 0.5, N:M 0.35 (0.5 from 8 tokens) |
+/// | 32 | 1.34 - 1.51, 1.85 | 2.02 - 2.43, 2.70 | 5.09 - 5.82, 3.78 | 8.6 - 13.9, 6.83 | 1.16 - 1.84, 1.64 | CSR 0.55 to 64 tokens, N:M 0.5 |
+/// | 128 | 0.97 - 1.18, 1.21 | 1.56 - 1.88, 1.56 | 3.87 - 4.97, 2.18 | 5.73 - 7.16, 5.02 | 0.81 - 0.94, 0.99 | CSR 0.45, N:M 0.35 |
 ///
 /// The dense GEMM is least efficient at small batches (7 to 38 GFLOP/s from 2 to 16 tokens,
 /// against 60 to 80 at 128), which is why the break-even density rises there; the sparse kernels
-/// run at 20 to 45 useful GFLOP/s. [`BitmaskMatrix`](crate::BitmaskMatrix) decodes its rows on
-/// every call (0.5 to 0.6x of CSR's speed at 90 % and many tokens, 0.1 to 0.2x for one token),
-/// so it breaks even at 0.6 times CSR's density with two or more tokens and never for one: import
-/// with it, then convert to CSR to run. N:M patterns other than those measured take 2:4's
-/// thresholds at their own density.
+/// run at 20 to 45 useful GFLOP/s. One token is a different game: the dense GEMV of a
+/// cache-resident layer streams weights at L2 speed while SpMV pays a dependent load per
+/// nonzero, so only very sparse layers, or layers too large for the caches, gain.
+/// [`BitmaskMatrix`](crate::BitmaskMatrix) decodes its rows on every call (about 0.6x of CSR's
+/// speed with many tokens and 0.1 to 0.2x with one), so it breaks even at 0.6 times CSR's density
+/// with two or more tokens and never for one: import with it, then convert to CSR to run. N:M
+/// patterns other than 2:4 take 2:4's thresholds at their own density. Layers smaller than
+/// 384x384 were not measured and stay dense.
 pub fn prefer_sparse(format: Format, rows: usize, cols: usize, density: f64, n_tokens: usize) -> bool {
     let weights = rows.saturating_mul(cols);
     if n_tokens == 0 || weights < MIN_WEIGHTS || !(0.0..=1.0).contains(&density) {
@@ -54,8 +57,8 @@ pub fn prefer_sparse(format: Format, rows: usize, cols: usize, density: f64, n_t
     }
     let gemv_from_dram = weights.saturating_mul(size_of::<f32>()) > GEMV_DRAM_BYTES;
     let csr = match n_tokens {
-        1 if gemv_from_dram => 0.5,
-        1 => 0.15,
+        1 if gemv_from_dram => 0.45,
+        1 => 0.1,
         2..=16 => 0.5,
         17..=64 => 0.55,
         _ => 0.45,
@@ -67,7 +70,7 @@ pub fn prefer_sparse(format: Format, rows: usize, cols: usize, density: f64, n_t
         Format::Nm { .. } => match n_tokens {
             1 => 0.1,
             2..=7 => 0.35,
-            8..=16 => 0.5,
+            8..=64 => 0.5,
             _ => 0.35,
         },
     };
