@@ -1,0 +1,2 @@
+//! Calibration statistics, the OBS solver, GPTQ, SparseGPT and SmoothQuant (in progress).
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! Knowledge-distillation losses with their gradients (in progress).
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! Hyperparameter search (in progress).
+#![deny(missing_docs)]
