@@ -1,6 +1,8 @@
 //! The description of a checkpoint: every tensor a config implies, with its name and shape.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
 
 use crate::config::{Family, LayerShape};
 use crate::{Config, Error, Mismatch, Misshaped, Result};
@@ -26,6 +28,55 @@ pub enum Role {
     FfnUp,
     /// Last FFN linear (input: the FFN neurons).
     FfnOut,
+}
+
+impl Role {
+    /// Every role, in the order a layer applies them.
+    pub const ALL: [Role; 9] = [
+        Role::Query,
+        Role::Key,
+        Role::Value,
+        Role::QueryKeyValue,
+        Role::AttentionOutput,
+        Role::FfnIn,
+        Role::FfnGate,
+        Role::FfnUp,
+        Role::FfnOut,
+    ];
+
+    /// The short name command lines and reports use: `query`, `key`, `value`, `qkv`, `attn_out`,
+    /// `ffn_in`, `ffn_gate`, `ffn_up`, `ffn_out`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Query => "query",
+            Role::Key => "key",
+            Role::Value => "value",
+            Role::QueryKeyValue => "qkv",
+            Role::AttentionOutput => "attn_out",
+            Role::FfnIn => "ffn_in",
+            Role::FfnGate => "ffn_gate",
+            Role::FfnUp => "ffn_up",
+            Role::FfnOut => "ffn_out",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    /// Parses a [`name`](Role::name); the error lists the accepted names.
+    fn from_str(text: &str) -> std::result::Result<Role, String> {
+        Role::ALL.into_iter().find(|role| role.name() == text).ok_or_else(|| {
+            let names: Vec<&str> = Role::ALL.iter().map(|role| role.name()).collect();
+            format!("unknown linear role `{text}`: expected one of {}", names.join(", "))
+        })
+    }
 }
 
 /// How a linear's weight is stored.
@@ -526,6 +577,15 @@ fn build(config: &Config, prefix: &str, pooler: bool, lm_head: LmHead) -> Archit
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn role_names_round_trip() {
+        for role in Role::ALL {
+            assert_eq!(role.to_string().parse::<Role>(), Ok(role));
+        }
+        let err = "ffn-out".parse::<Role>().unwrap_err();
+        assert!(err.contains("`ffn-out`") && err.contains("ffn_out"), "{err}");
+    }
     use serde_json::json;
 
     fn config(value: serde_json::Value) -> Config {

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use std::borrow::Cow;
 
 use crate::ggml::{
-    self, BlockQ4_0x4, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_1, Interleaved, QK,
+    self, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_1, Interleaved, QK,
 };
 use crate::linear::{self, IntMatrix};
 use crate::{Error, Result, Scheme, cast, dot};
@@ -196,6 +196,99 @@ impl QuantizedMatrix {
             Scheme::Q5_0 => Weights::Q5_0(blocks(weights, ggml::quantize_q5_0)),
             Scheme::Q5_1 => Weights::Q5_1(blocks(weights, ggml::quantize_q5_1)),
             Scheme::Int(int) => Weights::Int(IntMatrix::quantize(weights, rows, cols, int)?),
+        };
+        Ok(QuantizedMatrix { rows, cols, scheme, weights })
+    }
+
+    /// A matrix over weights already in the integer layout (a compressed-tensors file read back
+    /// with [`IntMatrix::from_pack_quantized`], or GPTQ's output).
+    pub fn from_int(matrix: IntMatrix) -> QuantizedMatrix {
+        QuantizedMatrix {
+            rows: matrix.rows(),
+            cols: matrix.cols(),
+            scheme: Scheme::Int(matrix.scheme()),
+            weights: Weights::Int(matrix),
+        }
+    }
+
+    /// A matrix over stored bytes of a GGML or float scheme, laid out as [`as_bytes`](Self::as_bytes)
+    /// gives them (and as a GGUF file stores the tensor): row-major blocks, or f16/bf16 values.
+    ///
+    /// # Errors
+    /// [`Error::BadScheme`] for an integer scheme (use [`from_int`](Self::from_int)),
+    /// [`Error::BlockMisfit`] when `cols` is not a whole number of blocks, [`Error::LengthMismatch`]
+    /// when `bytes` is not exactly `rows x cols` in the scheme, and [`Error::NonFinite`] for a NaN
+    /// or infinite scale or value (named by row and column of the block's first weight).
+    pub fn from_bytes(scheme: Scheme, rows: usize, cols: usize, bytes: &[u8]) -> Result<QuantizedMatrix> {
+        if let Scheme::Int(_) = scheme {
+            return Err(Error::BadScheme {
+                input: scheme.to_string(),
+                reason: "integer schemes are stored packed; build them with from_int".to_owned(),
+            });
+        }
+        let expected = scheme.bytes(rows, cols)?;
+        if bytes.len() as u64 != expected {
+            return Err(Error::LengthMismatch {
+                what: "stored weight bytes",
+                expected: usize::try_from(expected).unwrap_or(usize::MAX),
+                found: bytes.len(),
+            });
+        }
+        let block = scheme.block_size().max(1);
+        // Index of the first weight of value `index` (a block or an element) as (row, col).
+        let place = |index: usize| {
+            let first = index * block;
+            (first / cols.max(1), first % cols.max(1))
+        };
+        let non_finite = |index: usize, value: f32| {
+            let (row, col) = place(index);
+            Error::NonFinite { row, col, value }
+        };
+        // The first stored value (an element, or a block's scale or minimum) that is not finite.
+        fn check<T>(items: &[T], bad: impl Fn(&T) -> Option<f32>) -> Option<(usize, f32)> {
+            items.iter().enumerate().find_map(|(index, item)| bad(item).map(|value| (index, value)))
+        }
+        let not_finite = |value: f16| (!value.is_finite()).then(|| value.to_f32());
+        let weights = match scheme {
+            Scheme::F16 => {
+                let values: Vec<f16> = bytemuck::pod_collect_to_vec(bytes);
+                check(&values, |v| not_finite(*v)).map_or(Ok(()), |(i, v)| Err(non_finite(i, v)))?;
+                Weights::F16(values)
+            }
+            Scheme::Bf16 => {
+                let values: Vec<bf16> = bytemuck::pod_collect_to_vec(bytes);
+                check(&values, |v| (!v.is_finite()).then(|| v.to_f32()))
+                    .map_or(Ok(()), |(i, v)| Err(non_finite(i, v)))?;
+                Weights::Bf16(values)
+            }
+            Scheme::Q8_0 => {
+                let blocks: Vec<BlockQ8_0> = bytemuck::pod_collect_to_vec(bytes);
+                check(&blocks, |b| not_finite(b.d)).map_or(Ok(()), |(i, v)| Err(non_finite(i, v)))?;
+                Weights::Q8_0(Quads::new(&blocks, cols / QK))
+            }
+            Scheme::Q4_0 => {
+                let blocks: Vec<BlockQ4_0> = bytemuck::pod_collect_to_vec(bytes);
+                check(&blocks, |b| not_finite(b.d)).map_or(Ok(()), |(i, v)| Err(non_finite(i, v)))?;
+                Weights::Q4_0(Quads::new(&blocks, cols / QK))
+            }
+            Scheme::Q4_1 => {
+                let blocks: Vec<BlockQ4_1> = bytemuck::pod_collect_to_vec(bytes);
+                check(&blocks, |b| not_finite(b.d).or(not_finite(b.m)))
+                    .map_or(Ok(()), |(i, v)| Err(non_finite(i, v)))?;
+                Weights::Q4_1(blocks)
+            }
+            Scheme::Q5_0 => {
+                let blocks: Vec<BlockQ5_0> = bytemuck::pod_collect_to_vec(bytes);
+                check(&blocks, |b| not_finite(b.d)).map_or(Ok(()), |(i, v)| Err(non_finite(i, v)))?;
+                Weights::Q5_0(blocks)
+            }
+            Scheme::Q5_1 => {
+                let blocks: Vec<BlockQ5_1> = bytemuck::pod_collect_to_vec(bytes);
+                check(&blocks, |b| not_finite(b.d).or(not_finite(b.m)))
+                    .map_or(Ok(()), |(i, v)| Err(non_finite(i, v)))?;
+                Weights::Q5_1(blocks)
+            }
+            Scheme::Int(_) => unreachable!("integer schemes returned above"),
         };
         Ok(QuantizedMatrix { rows, cols, scheme, weights })
     }
@@ -746,5 +839,50 @@ mod tests {
         let err = QuantizedMatrix::quantize(&weights, 3, 48, Scheme::F16).unwrap_err();
         assert!(matches!(err, Error::ShapeMismatch { expected: 144, found: 96, .. }), "{err}");
         assert!(QuantizedMatrix::quantize(&weights, usize::MAX, 2, Scheme::F16).is_err());
+    }
+
+    #[test]
+    fn stored_parts_load_back_to_the_same_matrix() {
+        let (rows, cols) = (6, 64);
+        let weights = values(rows * cols, 8);
+        let x = values(3 * cols, 9);
+        for name in SCHEMES {
+            let scheme: Scheme = name.parse().unwrap();
+            let matrix = QuantizedMatrix::quantize(&weights, rows, cols, scheme).unwrap();
+            let loaded = match matrix.as_bytes() {
+                Some(bytes) => QuantizedMatrix::from_bytes(scheme, rows, cols, &bytes).unwrap(),
+                None => {
+                    let packed = matrix.as_int().unwrap().to_pack_quantized();
+                    QuantizedMatrix::from_int(IntMatrix::from_pack_quantized(&packed).unwrap())
+                }
+            };
+            assert_eq!(loaded.scheme(), scheme);
+            let (mut a, mut b) = (vec![0.0; rows * cols], vec![0.0; rows * cols]);
+            matrix.dequantize(&mut a);
+            loaded.dequantize(&mut b);
+            assert_eq!(a, b, "{name}");
+            let (mut ya, mut yb) = (vec![0.0; 3 * rows], vec![0.0; 3 * rows]);
+            matrix.gemm(&x, 3, &mut ya);
+            loaded.gemm(&x, 3, &mut yb);
+            assert_eq!(ya, yb, "{name}");
+        }
+    }
+
+    #[test]
+    fn bad_stored_bytes_are_errors() {
+        let weights = values(4 * 64, 10);
+        let matrix = QuantizedMatrix::quantize(&weights, 4, 64, Scheme::Q4_1).unwrap();
+        let mut bytes = matrix.as_bytes().unwrap().into_owned();
+        let err = QuantizedMatrix::from_bytes(Scheme::Q4_1, 4, 64, &bytes[1..]).unwrap_err();
+        assert!(matches!(err, Error::LengthMismatch { expected: 160, found: 159, .. }), "{err}");
+        // The minimum of row 2's second block becomes +inf (f16 0x7c00).
+        let block = 2 * 2 + 1;
+        bytes[block * 20 + 2..block * 20 + 4].copy_from_slice(&0x7c00u16.to_le_bytes());
+        let err = QuantizedMatrix::from_bytes(Scheme::Q4_1, 4, 64, &bytes).unwrap_err();
+        assert!(matches!(err, Error::NonFinite { row: 2, col: 32, value } if value == f32::INFINITY), "{err}");
+        let err = QuantizedMatrix::from_bytes("int8-channel".parse().unwrap(), 4, 64, &bytes).unwrap_err();
+        assert!(matches!(err, Error::BadScheme { .. }), "{err}");
+        let err = QuantizedMatrix::from_bytes(Scheme::Q8_0, 4, 48, &bytes).unwrap_err();
+        assert!(matches!(err, Error::BlockMisfit { .. }), "{err}");
     }
 }
