@@ -1,4 +1,4 @@
-//! `cargo xtask bench [quant|gemm|sparse|all] [ARGS]`: the criterion benches under the conditions lathe's
+//! `cargo xtask bench [quant|gemm|sparse|model|all] [ARGS]`: the criterion benches under the conditions lathe's
 //! figures assume (one thread), then one markdown table per kernel read back from criterion's
 //! output files.
 //!
@@ -26,6 +26,8 @@ enum Selection {
     Gemm,
     /// lathe-peers' `sparse_peers` (and lathe-sparse's own bench).
     Sparse,
+    /// lathe-model's `model`: the encoder end to end on the real MiniLM against the FMA peak.
+    Model,
     /// Every bench target of the workspace, the end-to-end ones on the real models included.
     All,
 }
@@ -45,6 +47,7 @@ impl Options {
             Some("quant") => Some(Selection::Quant),
             Some("gemm") => Some(Selection::Gemm),
             Some("sparse") => Some(Selection::Sparse),
+            Some("model") => Some(Selection::Model),
             Some("all") => Some(Selection::All),
             _ => None,
         };
@@ -95,6 +98,11 @@ fn run_criterion(options: &Options) -> Result<()> {
         }
         Selection::Sparse => {
             command.args(["--package", "lathe-peers", "--bench", "sparse_peers"]);
+        }
+        Selection::Model => {
+            let models_dir = models::fetch()?;
+            command.env(models::MODELS_DIR_VAR, models_dir);
+            command.args(["--package", "lathe-model", "--bench", "model"]);
         }
         Selection::All => {
             // The end-to-end benches read the real models; fetching is a hash check when they are there.
@@ -458,7 +466,7 @@ fn report(dir: &Path, results: &[Measurement], selection: Selection) -> String {
     };
     let bandwidth_rows: Vec<&Measurement> = results.iter().filter(|m| m.group == "bandwidth").collect();
     let mut printed = 0;
-    if selection != Selection::Gemm && !bandwidth_rows.is_empty() {
+    if !matches!(selection, Selection::Gemm | Selection::Model) && !bandwidth_rows.is_empty() {
         let _ = writeln!(out, "### bandwidth (GB/s)\n\n| access | size | GB/s |\n|---|---|---:|");
         let mut rows = bandwidth_rows;
         rows.sort_by_key(|m| {
@@ -468,6 +476,12 @@ fn report(dir: &Path, results: &[Measurement], selection: Selection) -> String {
             let _ = writeln!(out, "| {} | {} | {} |", m.function, m.parameter, format_rate(m.rate()));
         }
         out.push('\n');
+        printed += 1;
+    }
+    if matches!(selection, Selection::Model | Selection::All)
+        && let Some(table) = model_table(results)
+    {
+        out.push_str(&table);
         printed += 1;
     }
     for spec in table_specs(selection) {
@@ -536,6 +550,96 @@ fn render_table(
             let _ = write!(line, " {} |", value.map_or_else(|| "-".to_owned(), |value| format!("{value:.2}")));
         }
         let _ = writeln!(out, "{line}");
+    }
+    out.push('\n');
+    Some(out)
+}
+
+/// The table of lathe-model's `model` group: the padded batch of the 48 golden sentences end to
+/// end and in parts, each as time, GFLOP/s and share of the f32 FMA peak measured in the same
+/// run, then batching by length against the padded batch. `None` without a forward result.
+fn model_table(results: &[Measurement]) -> Option<String> {
+    let find = |function: &str, parameter: &str| {
+        results.iter().find(|m| m.group == "model" && m.function == function && m.parameter == parameter)
+    };
+    let forward = find("forward_padded", "")?;
+    let peak = find("fma_peak", "").and_then(Measurement::rate);
+    let gflops = |m: &Measurement| match m.throughput {
+        Some(Throughput::Elements(_)) => m.rate(),
+        _ => None,
+    };
+    let of_peak = |rate: Option<f64>| match (rate, peak) {
+        (Some(rate), Some(peak)) => format!("{:.0} %", 100.0 * rate / peak),
+        _ => "-".to_owned(),
+    };
+    let share = |ns: f64| format!("{:.0} %", 100.0 * ns / forward.median_ns);
+    let ms = |ns: f64| if ns >= 1e7 { format!("{:.0}", ns / 1e6) } else { format!("{:.2}", ns / 1e6) };
+
+    let mut out = String::from(
+        "### model (all-MiniLM-L6-v2, the 48 golden sentences; GFLOP/s over the padded batch's FLOPs)\n\n\
+         | part | ms | GFLOP/s | of FMA peak | of forward |\n|---|---:|---:|---:|---:|\n",
+    );
+    if let Some(peak) = peak {
+        let _ = writeln!(out, "| f32 FMA peak (same run) | - | {} | 100 % | - |", format_rate(Some(peak)));
+    }
+    let rate = gflops(forward);
+    let _ = writeln!(
+        out,
+        "| forward, padded batch | {} | {} | {} | 100 % |",
+        ms(forward.median_ns),
+        format_rate(rate),
+        of_peak(rate)
+    );
+    let mut parts_ns = 0.0;
+    for (function, label, flops) in [
+        ("gemm_padded", "GEMM (36 linears)", true),
+        ("attention_padded", "attention (in the forward pass)", true),
+        ("gelu_padded", "GELU", false),
+    ] {
+        if let Some(m) = find(function, "") {
+            parts_ns += m.median_ns;
+            let rate = if flops { gflops(m) } else { None };
+            let _ = writeln!(
+                out,
+                "| {label} | {} | {} | {} | {} |",
+                ms(m.median_ns),
+                format_rate(rate),
+                of_peak(rate),
+                share(m.median_ns)
+            );
+        }
+    }
+    // The parts are timed apart: under load their sum can exceed the whole, and then there is
+    // no meaningful remainder to show.
+    let rest = forward.median_ns - parts_ns;
+    let (rest_ms, rest_share) = if rest > 0.0 { (ms(rest), share(rest)) } else { ("-".to_owned(), "-".to_owned()) };
+    let _ = writeln!(
+        out,
+        "| rest: embeddings, LayerNorm, residuals, pooling (forward minus the parts above) | {rest_ms} | - | - | \
+         {rest_share} |"
+    );
+    if let Some(m) = find("tokenize", "") {
+        let _ =
+            writeln!(out, "| tokenization (48 sentences, not in the forward pass) | {} | - | - | - |", ms(m.median_ns));
+    }
+    let mut by_length: Vec<&Measurement> =
+        results.iter().filter(|m| m.group == "model" && m.function == "embed_by_length").collect();
+    by_length.sort_by_key(|m| m.parameter.parse::<u64>().unwrap_or(u64::MAX));
+    if !by_length.is_empty() {
+        out.push_str(
+            "\n| by length (`embed_sentences`, tokenization included) | ms | padded GFLOP/s | speed-up over the padded batch |\n\
+             |---|---:|---:|---:|\n",
+        );
+        for m in by_length {
+            let _ = writeln!(
+                out,
+                "| batches of {} | {} | {} | {:.2}x |",
+                m.parameter,
+                ms(m.median_ns),
+                format_rate(gflops(m)),
+                forward.median_ns / m.median_ns
+            );
+        }
     }
     out.push('\n');
     Some(out)
@@ -680,6 +784,36 @@ mod tests {
         assert!(order.windows(2).all(|pair| pair[0] < pair[1]), "{text}");
         assert!(text.contains("| 128x384x384 | - | 37.7 | 37.7 | 1.00 | - |"), "{text}");
         assert!(!text.contains("bandwidth"), "{text}");
+    }
+
+    #[test]
+    fn model_table_shows_parts_against_the_peak_and_the_by_length_speed_up() {
+        let flops = Throughput::Elements(70_000_000_000);
+        let results = vec![
+            measurement("model", "fma_peak", "", 1e6, Throughput::Elements(100_000_000)),
+            measurement("model", "forward_padded", "", 1e9, flops),
+            measurement("model", "gemm_padded", "", 8e8, Throughput::Elements(64_000_000_000)),
+            measurement("model", "attention_padded", "", 5e7, Throughput::Elements(2_000_000_000)),
+            measurement("model", "gelu_padded", "", 3e7, Throughput::Elements(30_000_000)),
+            measurement("model", "tokenize", "", 5e6, Throughput::Elements(48)),
+            measurement("model", "embed_by_length", "16", 4e8, flops),
+            measurement("model", "embed_by_length", "8", 5e8, flops),
+            measurement("dense_gemm", "gemm", "128x384x384", 1.0, flops),
+        ];
+        let text = report(Path::new("x"), &results, Selection::Model);
+        assert!(text.contains("| f32 FMA peak (same run) | - | 100 | 100 % | - |"), "{text}");
+        assert!(text.contains("| forward, padded batch | 1000 | 70.0 | 70 % | 100 % |"), "{text}");
+        assert!(text.contains("| GEMM (36 linears) | 800 | 80.0 | 80 % | 80 % |"), "{text}");
+        assert!(text.contains("| attention (in the forward pass) | 50 | 40.0 | 40 % | 5 % |"), "{text}");
+        assert!(text.contains("| GELU | 30 | - | - | 3 % |"), "{text}");
+        assert!(text.contains("(forward minus the parts above) | 120 | - | - | 12 % |"), "{text}");
+        assert!(text.contains("| tokenization (48 sentences, not in the forward pass) | 5.00 | - | - | - |"), "{text}");
+        let eight = text.find("| batches of 8 | 500 | 140 | 2.00x |").expect(&text);
+        let sixteen = text.find("| batches of 16 | 400 | 175 | 2.50x |").expect(&text);
+        assert!(eight < sixteen, "{text}");
+        assert!(!text.contains("dense_gemm"), "{text}");
+        assert!(report(Path::new("x"), &results[..1], Selection::Model).contains("no results"));
+        assert_eq!(Options::parse(strings(&["model"])).selection, Selection::Model);
     }
 
     #[test]

@@ -31,11 +31,12 @@ commands:
                              LATHE_FORCE_ISA=scalar), one quick pass of each bench, docs,
                              and the repository checks in xtask/src/tidy.rs
   fetch-models               download the real models into the models dir and check their sha256
-  bench [quant|gemm|sparse|all] [ARGS]
+  bench [quant|gemm|sparse|model|all] [ARGS]
                              run criterion benches on one thread, then print one table per
                              kernel (GB/s or GFLOP/s, ratios to candle and to this machine's
                              read/write bandwidth); quant: lathe-peers quant_peers and
-                             bandwidth, gemm: dense_gemm, sparse: sparse_peers, all
+                             bandwidth, gemm: dense_gemm, sparse: sparse_peers, model:
+                             lathe-model's MiniLM forward against the FMA peak, all
                              (default): every bench target;
                              ARGS go to criterion
   demo                       fetch the models and run `lathe inspect` on each
@@ -100,11 +101,29 @@ fn no_args(command: &str, args: &[String]) -> Result<()> {
 /// `cargo xtask demo`: the real models through the real command line.
 fn demo() -> Result<()> {
     let models_dir = models::fetch()?;
+    let lathe = || {
+        let mut command = cargo();
+        command.args(["run", "--release", "--package", "lathe-cli", "--"]);
+        command
+    };
     for model in models::MODELS {
         let path = models_dir.join(model.name);
         println!("\n==> lathe inspect {}", path.display());
-        run_command(cargo().args(["run", "--release", "--package", "lathe-cli", "--", "inspect"]).arg(&path))?;
+        run_command(lathe().arg("inspect").arg(&path))?;
     }
+
+    let minilm = models_dir.join("all-MiniLM-L6-v2");
+    // The 48 golden sentences lathe-model is tested on; the embeddings land under target/.
+    let sentences = project_root().join("crates/model/tests/data/sentences.txt");
+    let out_dir = project_root().join("target").join("demo");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let embeddings = out_dir.join("golden_sentences.safetensors");
+    println!("\n==> lathe embed {} (the golden sentences)", minilm.display());
+    run_command(lathe().arg("embed").arg(&minilm).arg("--input").arg(&sentences).arg("--output").arg(&embeddings))?;
+    run_command(lathe().arg("inspect").arg(&embeddings))?;
+
+    println!("\n==> lathe eval {} against itself (the shipped evaluation set)", minilm.display());
+    run_command(lathe().arg("eval").arg(&minilm).arg("--reference").arg(&minilm))?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use crate::error::io_error;
 use crate::ops::{self, ROWS_PER_TASK};
+use crate::stored::{Inputs, Stored};
 use crate::{Error, Linear, Result};
 
 /// The six linears of an encoder layer, in the order the layer applies them.
@@ -239,7 +240,7 @@ impl Activation {
             values.par_chunks_mut(4096).for_each(|chunk| chunk.iter_mut().for_each(|x| *x = function(*x)));
         }
         match self {
-            Activation::Gelu => values.par_chunks_mut(4096).for_each(ops::gelu_in_place),
+            Activation::Gelu => values.par_chunks_mut(4096).for_each(lathe_quant::activation::gelu_f32),
             Activation::GeluTanh => map(values, ops::gelu_tanh),
             Activation::Relu => map(values, |x| x.max(0.0)),
         }
@@ -315,6 +316,10 @@ fn is_task_head(name: &str, prefix: &str) -> bool {
     if prefix.is_empty() { TASK_HEADS.iter().any(|head| name.starts_with(head)) } else { !name.starts_with(prefix) }
 }
 
+/// The batch size (tokens per call) pruned layers are planned for when the loader picks a sparse
+/// or dense kernel: a few sentences, as `lathe embed` and `lathe eval` batch them by length.
+const PLANNED_TOKENS: usize = 32;
+
 impl BertModel {
     /// Loads `dir/config.json` and the checkpoint in `dir` (`model.safetensors` or the shards of
     /// `model.safetensors.index.json`). See [`from_checkpoint`](Self::from_checkpoint).
@@ -380,8 +385,10 @@ impl BertModel {
             None => PathBuf::new(),
         };
         let in_checkpoint = |source| Error::Checkpoint { file: checkpoint_file.clone(), source };
-        let names: Vec<(String, Vec<usize>)> =
-            checkpoint.tensors().map(|(_, info)| (info.name.clone(), info.shape.clone())).collect();
+        // Quantized linears are stored as several tensors (compressed-tensors) or as raw blocks
+        // (GGML); validation sees each as the `[out, in]` weight the config describes.
+        let stored = Stored::read(&config, checkpoint)?;
+        let names: Vec<(String, Vec<usize>)> = stored.logical_tensors(checkpoint)?;
         let architecture = Architecture::detect(&config, names.iter().map(|(name, _)| name)).map_err(in_checkpoint)?;
         let body = names.iter().filter(|(name, _)| !is_task_head(name, architecture.prefix()));
         architecture.validate(body.map(|(name, shape)| (name, shape))).map_err(in_checkpoint)?;
@@ -413,7 +420,23 @@ impl BertModel {
                 let spec =
                     layer.linears.iter().find(|linear| linear.role == role).expect("encoders describe six linears");
                 let bias = spec.bias.as_deref().map(load).transpose()?;
-                Linear::dense(load(&spec.weight)?, spec.out_features, spec.in_features, bias)
+                match stored.load(checkpoint, &spec.weight, spec.out_features, spec.in_features)? {
+                    Some((matrix, Inputs::Quantized)) => Linear::quantized(matrix, bias),
+                    Some((matrix, Inputs::F32)) => Linear::weight_only(matrix, bias),
+                    None => {
+                        let weights = load(&spec.weight)?;
+                        if let Some(index) = weights.iter().position(|w| !w.is_finite()) {
+                            return Err(Error::Invalid {
+                                file: checkpoint_file.clone(),
+                                message: format!(
+                                    "tensor `{}` holds {} at index {index}: weights must be finite",
+                                    spec.weight, weights[index]
+                                ),
+                            });
+                        }
+                        Linear::dense_or_sparse(weights, spec.out_features, spec.in_features, bias, PLANNED_TOKENS)
+                    }
+                }
             };
             let norm = |index: usize| -> Result<Norm> {
                 Ok(Norm { weight: load(&layer.norms[2 * index].name)?, bias: load(&layer.norms[2 * index + 1].name)? })
@@ -621,24 +644,51 @@ impl BertModel {
             linear.forward(input, rows, output);
         };
 
-        let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
-        run(query, Role::Query, states, &mut q);
-        run(key, Role::Key, states, &mut k);
-        run(value, Role::Value, states, &mut v);
-        let mut context = vec![0.0f32; rows * attention_width];
-        attention(&q, &k, &v, mask, seq_len, layer.heads, layer.head_dim, &mut context);
-        drop((q, k, v));
+        // The layer's intermediate buffers (tens of MiB for a large batch) are reused from one
+        // layer to the next: fresh ones would cost a page fault per 4 KiB every layer.
+        let mut scratch = Scratch::take();
+        let Scratch { q, k, v, context, projected, neurons } = &mut *scratch;
+        run(query, Role::Query, states, q);
+        run(key, Role::Key, states, k);
+        run(value, Role::Value, states, v);
+        context.resize(rows * attention_width, 0.0);
+        attention(q, k, v, mask, seq_len, layer.heads, layer.head_dim, context);
 
-        let mut projected = Vec::new();
-        run(attention_output, Role::AttentionOutput, &context, &mut projected);
-        drop(context);
-        add_and_norm(states, &projected, &layer.attention_norm, width, self.eps);
+        run(attention_output, Role::AttentionOutput, context, projected);
+        add_and_norm(states, projected, &layer.attention_norm, width, self.eps);
 
-        let mut neurons = Vec::new();
-        run(ffn_in, Role::FfnIn, states, &mut neurons);
-        self.activation.apply(&mut neurons);
-        run(ffn_out, Role::FfnOut, &neurons, &mut projected);
-        add_and_norm(states, &projected, &layer.output_norm, width, self.eps);
+        run(ffn_in, Role::FfnIn, states, neurons);
+        self.activation.apply(neurons);
+        run(ffn_out, Role::FfnOut, neurons, projected);
+        add_and_norm(states, projected, &layer.output_norm, width, self.eps);
+        scratch.give_back();
+    }
+}
+
+/// The intermediate buffers of a layer, kept per thread between layers.
+#[derive(Debug, Default)]
+struct Scratch {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    context: Vec<f32>,
+    projected: Vec<f32>,
+    neurons: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Option<Box<Scratch>>> = const { std::cell::Cell::new(None) };
+}
+
+impl Scratch {
+    /// This thread's buffers (empty ones the first time, or while another layer on this thread
+    /// holds them, as a capture hook running a model would).
+    fn take() -> Box<Scratch> {
+        SCRATCH.with(|cell| cell.take()).unwrap_or_default()
+    }
+
+    fn give_back(self: Box<Scratch>) {
+        SCRATCH.with(|cell| cell.set(Some(self)));
     }
 }
 
@@ -660,6 +710,11 @@ fn add_and_norm(states: &mut [f32], residual: &[f32], norm: &Norm, width: usize,
 /// heads * head_dim]`, head `h` in columns `h * head_dim ..`. Per sequence and head:
 /// `softmax(Q K^T / sqrt(head_dim) + mask) V`, the mask adding `f32::MIN` (as transformers does)
 /// to the scores of padded keys.
+///
+/// A padded key's shifted score is about `f32::MIN`, whose `exp` is exactly 0: the keys after a
+/// sequence's last real token change neither the softmax sums nor the products, so they are
+/// left out (a sequence of padding only keeps them all, and gets uniform weights as in
+/// transformers). Both products run on the dense GEMM, per head.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     q: &[f32],
@@ -680,31 +735,34 @@ fn attention(
     context.par_chunks_mut(per_sequence).enumerate().for_each(|(sequence, context)| {
         let span = sequence * per_sequence..(sequence + 1) * per_sequence;
         let (q, k, v) = (&q[span.clone()], &k[span.clone()], &v[span]);
-        let key_bias: Vec<f32> =
-            mask[sequence * seq_len..][..seq_len].iter().map(|&real| if real { 0.0 } else { f32::MIN }).collect();
+        let sequence_mask = &mask[sequence * seq_len..][..seq_len];
+        let keys = sequence_mask.iter().rposition(|&real| real).map_or(seq_len, |last| last + 1);
+        let key_bias: Vec<f32> = sequence_mask[..keys].iter().map(|&real| if real { 0.0 } else { f32::MIN }).collect();
         let mut q_head = vec![0.0f32; seq_len * head_dim];
-        let mut k_head = vec![0.0f32; seq_len * head_dim];
-        let mut v_head_t = vec![0.0f32; head_dim * seq_len];
-        let mut scores = vec![0.0f32; seq_len * seq_len];
+        let mut k_head = vec![0.0f32; keys * head_dim];
+        let mut v_head_t = vec![0.0f32; head_dim * keys];
+        let mut scores = vec![0.0f32; seq_len * keys];
         let mut out = vec![0.0f32; seq_len * head_dim];
         for head in 0..heads {
             let columns = head * head_dim..(head + 1) * head_dim;
             for position in 0..seq_len {
                 let src = position * width;
                 q_head[position * head_dim..][..head_dim].copy_from_slice(&q[src..][columns.clone()]);
-                k_head[position * head_dim..][..head_dim].copy_from_slice(&k[src..][columns.clone()]);
-                for (d, &value) in v[src..][columns.clone()].iter().enumerate() {
-                    v_head_t[d * seq_len + position] = value;
+                if position < keys {
+                    k_head[position * head_dim..][..head_dim].copy_from_slice(&k[src..][columns.clone()]);
+                    for (d, &value) in v[src..][columns.clone()].iter().enumerate() {
+                        v_head_t[d * keys + position] = value;
+                    }
                 }
             }
-            // scores [seq_len, seq_len] = Q_h K_h^T.
-            lathe_quant::dense::linear(&q_head, seq_len, &k_head, seq_len, head_dim, None, &mut scores);
-            for row in scores.chunks_exact_mut(seq_len) {
+            // scores [seq_len, keys] = Q_h K_h^T.
+            lathe_quant::dense::linear(&q_head, seq_len, &k_head, keys, head_dim, None, &mut scores);
+            for row in scores.chunks_exact_mut(keys) {
                 row.iter_mut().zip(&key_bias).for_each(|(score, bias)| *score = *score * scale + bias);
-                ops::softmax(row);
+                lathe_quant::activation::softmax_f32(row);
             }
             // out [seq_len, head_dim] = P V_h, with V_h^T as the `[rows, cols]` weights.
-            lathe_quant::dense::linear(&scores, seq_len, &v_head_t, head_dim, seq_len, None, &mut out);
+            lathe_quant::dense::linear(&scores, seq_len, &v_head_t, head_dim, keys, None, &mut out);
             for position in 0..seq_len {
                 context[position * width..][columns.clone()].copy_from_slice(&out[position * head_dim..][..head_dim]);
             }

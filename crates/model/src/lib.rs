@@ -43,6 +43,8 @@ mod error;
 mod linear;
 mod ops;
 mod pooling;
+mod stored;
+pub mod train;
 
 pub use bert::{Activation, Batch, BertModel, Hidden, LAYER_ROLES, LinearInput};
 pub use encoder::{Embeddings, SentenceEncoder, Tokens};

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use lathe_quant::{QuantizedMatrix, Scheme};
+use lathe_sparse::{CsrMatrix, Format, NmMatrix, prefer_sparse};
 
 use crate::{Error, Result};
 
@@ -42,6 +43,12 @@ enum Kernel {
     Dense(Vec<f32>),
     /// Run by `QuantizedMatrix::gemm` (activations quantized on the fly), then the bias added.
     Quantized(QuantizedMatrix),
+    /// Run by `QuantizedMatrix::gemm_weight_only` (activations stay f32), then the bias added.
+    WeightOnly(QuantizedMatrix),
+    /// Run by lathe-sparse's CSR product.
+    Csr(CsrMatrix),
+    /// Run by lathe-sparse's N:M product.
+    Nm(NmMatrix),
 }
 
 /// Which kernel runs a [`Linear`]. Displays as `dense f32`, or as the quantization scheme
@@ -51,8 +58,19 @@ enum Kernel {
 pub enum LinearKind {
     /// f32 weights through the dense GEMM.
     DenseF32,
-    /// Quantized weights through lathe-quant's GEMM.
+    /// Quantized weights through lathe-quant's GEMM, activations quantized per token on the fly.
     Quantized(Scheme),
+    /// Quantized weights through lathe-quant's weight-only GEMM (f32 activations).
+    WeightOnly(Scheme),
+    /// Sparse weights in CSR through lathe-sparse's product.
+    SparseCsr,
+    /// N:M sparse weights through lathe-sparse's product.
+    SparseNm {
+        /// Nonzeros per group at most.
+        n: usize,
+        /// Columns per group.
+        m: usize,
+    },
 }
 
 impl fmt::Display for LinearKind {
@@ -60,6 +78,9 @@ impl fmt::Display for LinearKind {
         match self {
             LinearKind::DenseF32 => f.write_str("dense f32"),
             LinearKind::Quantized(scheme) => fmt::Display::fmt(scheme, f),
+            LinearKind::WeightOnly(scheme) => write!(f, "{scheme} weight-only"),
+            LinearKind::SparseCsr => f.write_str("sparse csr"),
+            LinearKind::SparseNm { n, m } => write!(f, "sparse {n}:{m}"),
         }
     }
 }
@@ -98,6 +119,71 @@ impl Linear {
         Ok(Linear { out_features: matrix.rows(), in_features: matrix.cols(), bias, kernel: Kernel::Quantized(matrix) })
     }
 
+    /// A quantized linear whose activations stay f32 (weight-only quantization: the weights are
+    /// dequantized tile by tile inside the product).
+    ///
+    /// # Errors
+    /// [`Error::LinearSize`] when the bias length differs from the matrix rows.
+    pub fn weight_only(matrix: QuantizedMatrix, bias: Option<Vec<f32>>) -> Result<Linear> {
+        check_bias(bias.as_ref(), matrix.rows())?;
+        Ok(Linear { out_features: matrix.rows(), in_features: matrix.cols(), bias, kernel: Kernel::WeightOnly(matrix) })
+    }
+
+    /// A linear over CSR weights.
+    ///
+    /// # Errors
+    /// [`Error::LinearSize`] when the bias length differs from the matrix rows.
+    pub fn csr(matrix: CsrMatrix, bias: Option<Vec<f32>>) -> Result<Linear> {
+        check_bias(bias.as_ref(), matrix.rows())?;
+        Ok(Linear { out_features: matrix.rows(), in_features: matrix.cols(), bias, kernel: Kernel::Csr(matrix) })
+    }
+
+    /// A linear over N:M sparse weights.
+    ///
+    /// # Errors
+    /// [`Error::LinearSize`] when the bias length differs from the matrix rows.
+    pub fn n_m(matrix: NmMatrix, bias: Option<Vec<f32>>) -> Result<Linear> {
+        check_bias(bias.as_ref(), matrix.rows())?;
+        Ok(Linear { out_features: matrix.rows(), in_features: matrix.cols(), bias, kernel: Kernel::Nm(matrix) })
+    }
+
+    /// A linear over f32 weights that runs on whichever kernel lathe-sparse's rule
+    /// ([`prefer_sparse`]) says is fastest for calls of about `n_tokens` tokens: N:M when every
+    /// group of `m` columns holds at most `n` nonzeros (2:4, then 4:8), else CSR, else dense.
+    /// Exact zeros are what counts as pruned.
+    ///
+    /// # Errors
+    /// [`Error::LinearSize`] when a length does not match the shape.
+    pub fn dense_or_sparse(
+        weights: Vec<f32>,
+        out_features: usize,
+        in_features: usize,
+        bias: Option<Vec<f32>>,
+        n_tokens: usize,
+    ) -> Result<Linear> {
+        let dense = Linear::dense(weights, out_features, in_features, bias)?;
+        let Kernel::Dense(weights) = &dense.kernel else { unreachable!("built dense") };
+        let zeros = weights.iter().filter(|&&w| w == 0.0).count();
+        if zeros == 0 {
+            return Ok(dense);
+        }
+        let density = 1.0 - zeros as f64 / weights.len().max(1) as f64;
+        for (n, m) in [(2, 4), (4, 8)] {
+            let fits = in_features.is_multiple_of(m)
+                && weights.chunks_exact(m).all(|group| group.iter().filter(|&&w| w != 0.0).count() <= n);
+            if fits && prefer_sparse(Format::Nm { n, m }, out_features, in_features, density, n_tokens) {
+                let matrix =
+                    NmMatrix::from_dense(weights, out_features, in_features, n, m).expect("the pattern was checked");
+                return Linear::n_m(matrix, dense.bias.clone());
+            }
+        }
+        if prefer_sparse(Format::Csr, out_features, in_features, density, n_tokens) {
+            let matrix = CsrMatrix::from_dense(weights, out_features, in_features).expect("shapes were checked");
+            return Linear::csr(matrix, dense.bias.clone());
+        }
+        Ok(dense)
+    }
+
     /// This linear's weights (dequantized if need be) quantized to `scheme`, with the same bias.
     ///
     /// # Errors
@@ -129,6 +215,9 @@ impl Linear {
         match &self.kernel {
             Kernel::Dense(_) => LinearKind::DenseF32,
             Kernel::Quantized(matrix) => LinearKind::Quantized(matrix.scheme()),
+            Kernel::WeightOnly(matrix) => LinearKind::WeightOnly(matrix.scheme()),
+            Kernel::Csr(_) => LinearKind::SparseCsr,
+            Kernel::Nm(matrix) => LinearKind::SparseNm { n: matrix.n(), m: matrix.m() },
         }
     }
 
@@ -141,7 +230,7 @@ impl Linear {
     pub fn dense_weights(&self) -> Option<&[f32]> {
         match &self.kernel {
             Kernel::Dense(weights) => Some(weights),
-            Kernel::Quantized(_) => None,
+            _ => None,
         }
     }
 
@@ -150,11 +239,13 @@ impl Linear {
     pub fn weights_f32(&self) -> Vec<f32> {
         match &self.kernel {
             Kernel::Dense(weights) => weights.clone(),
-            Kernel::Quantized(matrix) => {
+            Kernel::Quantized(matrix) | Kernel::WeightOnly(matrix) => {
                 let mut weights = vec![0.0; self.out_features * self.in_features];
                 matrix.dequantize(&mut weights);
                 weights
             }
+            Kernel::Csr(matrix) => matrix.to_dense(),
+            Kernel::Nm(matrix) => matrix.to_dense(),
         }
     }
 
@@ -176,13 +267,29 @@ impl Linear {
             ),
             Kernel::Quantized(matrix) => {
                 matrix.gemm(x, n_tokens, y);
-                if let Some(bias) = &self.bias
-                    && !bias.is_empty()
-                {
-                    for row in y.chunks_exact_mut(bias.len()) {
-                        row.iter_mut().zip(bias).for_each(|(value, b)| *value += b);
-                    }
-                }
+                self.add_bias(y);
+            }
+            Kernel::WeightOnly(matrix) => {
+                matrix.gemm_weight_only(x, n_tokens, y);
+                self.add_bias(y);
+            }
+            Kernel::Csr(matrix) => match &self.bias {
+                Some(bias) => matrix.spmm_bias(x, n_tokens, bias, y),
+                None => matrix.spmm(x, n_tokens, y),
+            },
+            Kernel::Nm(matrix) => match &self.bias {
+                Some(bias) => matrix.spmm_bias(x, n_tokens, bias, y),
+                None => matrix.spmm(x, n_tokens, y),
+            },
+        }
+    }
+
+    fn add_bias(&self, y: &mut [f32]) {
+        if let Some(bias) = &self.bias
+            && !bias.is_empty()
+        {
+            for row in y.chunks_exact_mut(bias.len()) {
+                row.iter_mut().zip(bias).for_each(|(value, b)| *value += b);
             }
         }
     }

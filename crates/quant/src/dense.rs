@@ -5,11 +5,17 @@
 //! [`QuantizedMatrix::gemm`](crate::QuantizedMatrix::gemm), so a dense layer and a quantized
 //! one are interchangeable.
 //!
-//! The work is done by the `gemm` crate (0.19), chosen over `matrixmultiply` and `faer` by the
-//! `dense_gemm` bench in `benches/peers` (figures in ARCHITECTURE.md): it leads on the
-//! single-token GEMV and on most BERT shapes, and has no system dependencies. It is threaded with
-//! rayon when the current pool has more than one thread; it splits the output, never the inner
-//! dimension, so results do not depend on the thread count.
+//! On x86_64 with AVX2 and FMA, from 8 tokens up, the product is lathe's own packed kernel
+//! (`dense/x86_64.rs`: BLIS's loop nest, a 6 x 16 register tile, weights packed once per call
+//! with 8 x 8 register transposes): on the shapes of a padded MiniLM batch (3264 tokens through
+//! 384 x 384, 384 x 1536 and 1536 x 384) the `gemm` crate reached only 50 to 65 % of the FMA
+//! peak, as packed panels streamed from L3. Below 8 tokens (where packing the weights would cost
+//! more than the product), without AVX2 and with `LATHE_FORCE_ISA=scalar`, the work is done by
+//! the `gemm` crate (0.19), chosen over `matrixmultiply` and `faer` by the `dense_gemm` bench in
+//! `benches/peers` (figures in ARCHITECTURE.md): it leads on the single-token GEMV and has no
+//! system dependencies. Both are threaded with rayon when the current pool has more than one
+//! thread; both split the output, never the inner dimension, so results do not depend on the
+//! thread count (each output sums its products in the same order).
 //!
 //! ```
 //! // y = x W^T + b for two tokens through a 3 x 2 layer.
@@ -20,6 +26,9 @@
 //! lathe_quant::dense::linear(&x, 2, &w, 3, 2, Some(&b), &mut y);
 //! assert_eq!(y, [1.5, 2.0, 2.0, 3.5, 4.0, 6.0]);
 //! ```
+
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
 
 /// `y = x weights^T (+ bias)`: `x` is `[n_tokens, cols]`, `weights` `[rows, cols]`, `bias`
 /// `[rows]`, `y` `[n_tokens, rows]`, all row-major. `y` is overwritten.
@@ -52,6 +61,30 @@ pub fn linear(
         fill_bias(y, rows, bias);
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if n_tokens >= MIN_PACKED_TOKENS && crate::isa::active() == crate::Isa::Avx2 && x86_64::is_supported() {
+        x86_64::linear(x, n_tokens, weights, rows, cols, bias, y);
+        return;
+    }
+    gemm_crate(x, n_tokens, weights, rows, cols, bias, y);
+}
+
+/// Below this many tokens the packed AVX2 product spends more time packing the weights than
+/// multiplying; the `gemm` crate's GEMV-like path is faster there.
+#[cfg(target_arch = "x86_64")]
+const MIN_PACKED_TOKENS: usize = 8;
+
+/// The portable path (and the one for a few tokens): the `gemm` crate. Shapes are checked and
+/// non-empty.
+fn gemm_crate(
+    x: &[f32],
+    n_tokens: usize,
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
     if let Some(bias) = bias {
         fill_bias(y, rows, Some(bias));
     }
@@ -129,7 +162,22 @@ mod tests {
 
     #[test]
     fn matches_an_f64_reference_on_awkward_shapes() {
-        for &(n_tokens, rows, cols) in &[(1, 1, 1), (1, 7, 33), (3, 17, 5), (32, 40, 64), (5, 384, 100), (129, 9, 31)] {
+        // From one token (the gemm crate) to several blocks of tokens and of the inner dimension
+        // with ragged edges everywhere (the packed AVX2 product: 6 x 16 tiles, blocks of 72
+        // tokens, inner blocks of at most 256, 8 x 8 packing transposes).
+        for &(n_tokens, rows, cols) in &[
+            (1, 1, 1),
+            (1, 7, 33),
+            (3, 17, 5),
+            (32, 40, 64),
+            (5, 384, 100),
+            (129, 9, 31),
+            (8, 16, 8),
+            (13, 33, 300),
+            (150, 50, 517),
+            (73, 16, 7),
+            (200, 31, 1),
+        ] {
             let x = values(n_tokens * cols, 1);
             let w = values(rows * cols, 2);
             let b = values(rows, 3);
@@ -144,6 +192,28 @@ mod tests {
                         "{n_tokens}x{rows}x{cols} [{i}]: {got} vs {want}"
                     );
                 }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_packed_product_matches_the_gemm_crate(
+            n_tokens in 1usize..90,
+            rows in 1usize..40,
+            cols in 1usize..300,
+            with_bias in proptest::bool::ANY,
+        ) {
+            let (x, w, b) = (values(n_tokens * cols, 4), values(rows * cols, 5), values(rows, 6));
+            let bias = with_bias.then_some(b.as_slice());
+            let mut dispatched = vec![f32::NAN; n_tokens * rows];
+            let mut portable = vec![f32::NAN; n_tokens * rows];
+            linear(&x, n_tokens, &w, rows, cols, bias, &mut dispatched);
+            super::gemm_crate(&x, n_tokens, &w, rows, cols, bias, &mut portable);
+            // Both sum `cols` products of values in -1..1 in f32, in different orders.
+            let tolerance = 2.0 * cols as f32 * f32::EPSILON + 1e-6;
+            for (got, want) in dispatched.iter().zip(&portable) {
+                proptest::prop_assert!((got - want).abs() <= tolerance, "{}x{}x{}: {} vs {}", n_tokens, rows, cols, got, want);
             }
         }
     }

@@ -15,6 +15,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod activation;
 pub mod cast;
 #[cfg(feature = "dense")]
 pub mod dense;

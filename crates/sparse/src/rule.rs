@@ -27,18 +27,24 @@ const GEMV_DRAM_BYTES: usize = 16 << 20;
 /// layer holding `density` nonzeros per weight, for `n_tokens` tokens per call, on one thread of
 /// this machine (Zen 3, AVX2+FMA). Later issues call it when loading a layer to pick its kernel.
 ///
-/// The rule is a break-even density per format and batch size, read off the medians of the
-/// `sparse_peers` bench (`benches/peers`, one run per group on a shared two-vCPU Zen 3, 2026-12)
-/// and of interleaved re-runs of the same shapes at 2 to 16 tokens. Shapes are 384x384,
+/// The rule is a break-even density per format and batch size. The 1- and 128-token rows are
+/// the minima of interleaved runs (dense and sparse calls alternating in batches of about 2 ms,
+/// 100 to 500 rounds, one thread on a shared two-vCPU Zen 3, 2026-11), after the SpMM weight
+/// broadcast and the streaming SpMV; the 2 to 32-token rows are the earlier `sparse_peers`
+/// medians (`benches/peers`), which those two changes can only have raised. Shapes are 384x384,
 /// 1536x384, 384x1536 and 4096x4096 (out x in); entries are dense time over sparse time, as the
 /// range over the three MiniLM shapes, then the 4096x4096 layer:
 ///
 /// | tokens | 50 % CSR | 70 % CSR | 90 % CSR | 95 % CSR | 2:4 `NmMatrix` | break-even density |
 /// |---|---|---|---|---|---|---|
-/// | 1 | 0.28 - 0.37, 1.08 | 0.48 - 0.65, 1.29 | 1.09 - 1.31, 2.47 | 1.61 - 2.03, 6.29 | 0.19 - 0.27, 0.94 | CSR 0.1 (0.45 above 16 MiB of f32 weights), N:M 0.1 |
+/// | 1 | 0.42 - 0.43, 1.17 | 0.53 - 0.78, 2.24 | 1.61 - 1.80, 5.38 | 2.19 - 2.83, 7.31 | 0.22 - 0.38, 0.64 | CSR 0.1 (0.45 above 16 MiB of f32 weights), N:M 0.1 |
 /// | 2 - 16 | 0.99 - 2.0 | 1.6 - 3.2 | 3.7 - 8.1 | | 0.86 - 1.81 | CSR 0.5, N:M 0.35 (0.5 from 8 tokens) |
 /// | 32 | 1.34 - 1.51, 1.85 | 2.02 - 2.43, 2.70 | 5.09 - 5.82, 3.78 | 8.6 - 13.9, 6.83 | 1.16 - 1.84, 1.64 | CSR 0.55 to 64 tokens, N:M 0.5 |
-/// | 128 | 0.97 - 1.18, 1.21 | 1.56 - 1.88, 1.56 | 3.87 - 4.97, 2.18 | 5.73 - 7.16, 5.02 | 0.81 - 0.94, 0.99 | CSR 0.45, N:M 0.35 |
+/// | 128 | 1.14 - 1.53, 3.15 | 1.77 - 2.01, 3.95 | 4.27 - 5.87, 7.83 | 7.58 - 8.41, 5.95 | 1.14 - 1.45, 2.86 | CSR 0.5, N:M 0.5 |
+///
+/// Between the two measurements `lathe_quant::dense::linear` changed: it now packs the weights on
+/// every call from 8 tokens on, which costs it most on the 4096x4096 layer, so that column's
+/// 128-token ratios are about twice those against the previous dense path (2.18 at 90 %).
 ///
 /// The dense GEMM is least efficient at small batches (7 to 38 GFLOP/s from 2 to 16 tokens,
 /// against 60 to 80 at 128), which is why the break-even density rises there; the sparse kernels
@@ -61,7 +67,7 @@ pub fn prefer_sparse(format: Format, rows: usize, cols: usize, density: f64, n_t
         1 => 0.1,
         2..=16 => 0.5,
         17..=64 => 0.55,
-        _ => 0.45,
+        _ => 0.5,
     };
     let break_even = match format {
         Format::Csr => csr,
@@ -70,8 +76,7 @@ pub fn prefer_sparse(format: Format, rows: usize, cols: usize, density: f64, n_t
         Format::Nm { .. } => match n_tokens {
             1 => 0.1,
             2..=7 => 0.35,
-            8..=64 => 0.5,
-            _ => 0.35,
+            _ => 0.5,
         },
     };
     density <= break_even

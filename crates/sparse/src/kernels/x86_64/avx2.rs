@@ -6,14 +6,17 @@
 //! ymm registers, enough independent chains to hide the FMA latency. The loops run column block
 //! (384 columns), then panel, then row: a block's weights come from memory once and from cache
 //! for every further panel, and each panel's 24 KiB slice stays in L1 across the rows; each row's
-//! running value waits in the tile between blocks. Four column indices are read as one word and
-//! four weights as one vector (broadcast from a register), which spares load slots for the panel.
+//! running value waits in the tile between blocks. Four column indices are read as one word;
+//! each weight is broadcast straight from memory (`vbroadcastss`), which measured 0 to 15 %
+//! faster than loading four weights as a vector and permuting each lane out of it.
 //! Panels are made and tiles written back with 8 x 8 register transposes.
 //!
 //! SpMV has one token: the four running sums of a row are the lanes of one xmm register, each
 //! step four fused multiply-adds against activations loaded one by one (AVX2 gathers are slower
-//! than scalar loads on this Zen 3). Four rows advance together, so that four dependency chains
-//! are in flight, and the next rows' entries are prefetched.
+//! than scalar loads on this Zen 3). On cache-resident matrices four rows advance together, so
+//! that four dependency chains are in flight, and the next rows' entries are prefetched; above
+//! 1 MiB of entries rows run one at a time, one sequential stream that the hardware prefetchers
+//! follow, and a segment's last entries take one masked step (lanes past the end add -0.0).
 //!
 //! N:M matrices have their own kernels, which read the packed positions directly (no decoding):
 //! four consecutive nonzero slots take the same path as four CSR entries; padding slots (zeros)
@@ -113,8 +116,11 @@ macro_rules! with_pattern {
 
 fn spmv<I: ColumnIndex + LoadFour>(rows: RowsView<'_, I>, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     check_spmv(&rows, x, bias, y);
+    let bytes = rows.values().len() * (size_of::<f32>() + size_of::<I>());
     // SAFETY: AVX2 and FMA were detected (see above); the lengths were checked.
-    unsafe { spmv_avx2(rows, x, bias, y) }
+    unsafe {
+        if bytes > SPMV_STREAM_BYTES { spmv_streaming_avx2(rows, x, bias, y) } else { spmv_avx2(rows, x, bias, y) }
+    }
 }
 
 fn spmm<I: ColumnIndex + LoadFour>(
@@ -317,6 +323,69 @@ unsafe fn spmv_avx2<I: ColumnIndex + LoadFour>(rows: RowsView<'_, I>, x: &[f32],
     }
 }
 
+/// Above this many bytes of entries SpMV reads them from memory rather than from the caches, and
+/// one row at a time (one sequential stream for the hardware prefetchers) beats four interleaved
+/// rows with software prefetches: 1.5 to 1.7x faster at 4096 x 4096, 10 % slower on the
+/// cache-resident MiniLM layers.
+const SPMV_STREAM_BYTES: usize = 1 << 20;
+
+/// A weight of -0.0 and an activation of +0.0 for the lanes past a segment's end: their product,
+/// -0.0, leaves every sum as it is (`s + -0.0 == s` for every `s`, -0.0 included).
+static NEG_ZERO: f32 = -0.0;
+static ZERO: f32 = 0.0;
+
+/// SpMV one row at a time, for matrices larger than the caches (see [`SPMV_STREAM_BYTES`]): the
+/// entries stream in order, and a segment's last zero to three entries take one masked step
+/// without a branch on their number.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, and the lengths must pass [`check_spmv`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn spmv_streaming_avx2<I: ColumnIndex + LoadFour>(
+    rows: RowsView<'_, I>,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let indices = rows.indices().as_ptr();
+    let values = rows.values().as_ptr();
+    let x = x.as_ptr();
+    for (row, out) in y.iter_mut().enumerate() {
+        let mut running = bias.map_or(0.0, |bias| bias[row]);
+        for block in 0..rows.n_blocks() {
+            let (start, end) = rows.segment(row, block);
+            let mut sums = _mm_setr_ps(running, 0.0, 0.0, 0.0);
+            if start < end {
+                let mut k = start;
+                // Segments come from the `RowsView`, whose entries exist and whose indices are
+                // `< cols == x.len()` (its invariant, with `check_spmv`).
+                while k + 4 <= end {
+                    // SAFETY: entries `k..k + 4` are in the segment (see above).
+                    sums = unsafe { spmv_quad(sums, indices, values, x, k) };
+                    k += 4;
+                }
+                // Lanes past the end read entry `end - 1` (in the segment) and then take
+                // `NEG_ZERO * ZERO` instead, without a branch.
+                // SAFETY: every entry read is `<= end - 1`, in the segment, and every pointer
+                // dereferenced is either such an entry's weight and activation or a static.
+                unsafe {
+                    let lane = |i: usize| {
+                        let entry = (k + i).min(end - 1);
+                        let (weight, activation) = (values.add(entry), x.add((*indices.add(entry)).col()));
+                        if k + i < end { (weight, activation) } else { (&raw const NEG_ZERO, &raw const ZERO) }
+                    };
+                    let ((w0, a0), (w1, a1), (w2, a2)) = (lane(0), lane(1), lane(2));
+                    let weights = _mm_setr_ps(*w0, *w1, *w2, -0.0);
+                    let activations = _mm_setr_ps(*a0, *a1, *a2, 0.0);
+                    sums = _mm_fmadd_ps(weights, activations, sums);
+                }
+            }
+            running = sum_lanes(sums);
+        }
+        *out = running;
+    }
+}
+
 /// Two ymm registers: one running sum over a panel's 16 tokens.
 type Sum16 = [__m256; 2];
 
@@ -330,23 +399,6 @@ unsafe fn fma16(sum: &mut Sum16, weight: *const f32, column: *const f32) {
     // SAFETY: the caller guarantees a readable `weight` and 16 readable f32 from `column`.
     unsafe {
         let weight = _mm256_broadcast_ss(&*weight);
-        sum[0] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(column), sum[0]);
-        sum[1] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(column.add(8)), sum[1]);
-    }
-}
-
-/// `sum += weights[LANE] * panel column` for the 16 floats at `column`: the weight is broadcast
-/// from a register (one shuffle) rather than loaded again, which relieves the load ports that
-/// the panel already keeps busy.
-///
-/// # Safety
-/// `column` must point to 16 readable f32.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn fma16_lane<const LANE: i32>(sum: &mut Sum16, weights: __m256, column: *const f32) {
-    let weight = _mm256_permutevar8x32_ps(weights, _mm256_set1_epi32(LANE));
-    // SAFETY: the caller guarantees 16 readable f32 from `column`.
-    unsafe {
         sum[0] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(column), sum[0]);
         sum[1] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(column.add(8)), sum[1]);
     }
@@ -426,11 +478,10 @@ unsafe fn spmm_avx2<I: ColumnIndex + LoadFour>(
                     // SAFETY: entries `k..k + 4` are in the segment (see above).
                     unsafe {
                         let [col0, col1, col2, col3] = I::load_four(indices.add(k));
-                        let weights = _mm256_castps128_ps256(_mm_loadu_ps(values.add(k)));
-                        fma16_lane::<0>(&mut sum0, weights, column(col0));
-                        fma16_lane::<1>(&mut sum1, weights, column(col1));
-                        fma16_lane::<2>(&mut sum2, weights, column(col2));
-                        fma16_lane::<3>(&mut sum3, weights, column(col3));
+                        fma16(&mut sum0, values.add(k), column(col0));
+                        fma16(&mut sum1, values.add(k + 1), column(col1));
+                        fma16(&mut sum2, values.add(k + 2), column(col2));
+                        fma16(&mut sum3, values.add(k + 3), column(col3));
                     }
                     k += 4;
                 }
@@ -887,5 +938,80 @@ unsafe fn unpack_avx2(tile: &[f32], n_rows: usize, n_tokens: usize, dst: &mut [f
         for row in 0..full_rows {
             dst[token * stride + row] = tile[row * TOKEN_BLOCK + token];
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::scalar;
+    use crate::rows::SparseRows;
+
+    /// Deterministic values in [-1, 1) (xorshift64*).
+    fn values(n: usize, mut seed: u64) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed >> 12;
+                seed ^= seed << 25;
+                seed ^= seed >> 27;
+                (seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Rows of 0 to 40 % density (empty rows and every tail length included) over 1000
+    /// columns, with signed zeros and infinities among the activations and biases.
+    fn case(n_rows: usize) -> (SparseRows<u16>, Vec<f32>, Vec<f32>) {
+        let cols = 1000;
+        let draws = values(n_rows * cols, 7);
+        let weights = values(n_rows * cols, 8);
+        let mut rows = SparseRows::new(cols);
+        for row in 0..n_rows {
+            let keep = (row % 41) as f32 / 100.0;
+            let entries = (0..cols)
+                .filter(|&col| (draws[row * cols + col] + 1.0) / 2.0 < keep)
+                .map(|col| (col, weights[row * cols + col]));
+            rows.push_row(cols, entries);
+        }
+        let mut x = values(cols, 9);
+        (x[3], x[500], x[999]) = (-0.0, f32::INFINITY, 0.0);
+        let mut bias = values(n_rows, 10);
+        (bias[0], bias[1]) = (-0.0, 0.0);
+        (rows, x, bias)
+    }
+
+    #[test]
+    fn streaming_spmv_matches_the_scalar_reference_bit_for_bit() {
+        if !Isa::Avx2.is_supported() {
+            return;
+        }
+        let (rows, x, bias) = case(300);
+        for bias in [None, Some(&bias[..])] {
+            let mut expected = vec![f32::NAN; rows.n_rows()];
+            scalar::spmv(rows.view(0..rows.n_rows()), &x, bias, &mut expected);
+            let mut found = vec![f32::NAN; rows.n_rows()];
+            // SAFETY: AVX2 and FMA were detected; the lengths match.
+            unsafe { spmv_streaming_avx2(rows.view(0..rows.n_rows()), &x, bias, &mut found) };
+            let bits = |v: &[f32]| v.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&found), bits(&expected));
+            assert!(expected.iter().any(|value| value.is_infinite()), "the case has no infinite output");
+        }
+    }
+
+    #[test]
+    fn large_spmv_takes_the_streaming_path_and_matches() {
+        let Some(table) = kernels() else { return };
+        let (rows, x, bias) = case(1600);
+        let bytes = rows.len() * (size_of::<f32>() + size_of::<u16>());
+        assert!(bytes > SPMV_STREAM_BYTES, "{bytes} bytes stay below the streaming threshold");
+        let view = rows.view(0..rows.n_rows());
+        let mut expected = vec![f32::NAN; rows.n_rows()];
+        scalar::spmv(view, &x, Some(&bias), &mut expected);
+        let mut found = vec![f32::NAN; rows.n_rows()];
+        (table.spmv_u16)(view, &x, Some(&bias), &mut found);
+        assert_eq!(
+            found.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 }

@@ -1,0 +1,7 @@
+//! The `lathe` binary end to end, one test binary for the crate: `inspect` against listings made
+//! with the reference Python readers, `embed` and `eval` on the real all-MiniLM-L6-v2 against
+//! the golden transformers outputs, and every command's handling of bad input.
+
+mod compress;
+mod encode;
+mod inspect;
