@@ -18,6 +18,14 @@ use crate::{Error, Result, Scheme, cast, dot};
 /// balance two to sixty-four threads on the BERT shapes (384 to 4096 rows).
 const ROWS_PER_TASK: usize = 16;
 
+/// Tokens handed to one rayon task by the int8 GEMM (even, so that the token pairs of the
+/// register tile are the same whatever the split): each task streams the weights once, and 16
+/// tokens of 4096 widened activations are 128 KiB, well inside the L2.
+const INT_TOKENS_PER_TASK: usize = 16;
+
+/// Rows of the int8 GEMM's register tile ([`dot::dot_i8_i16_6x2`]).
+const INT_TILE_ROWS: usize = 6;
+
 /// From this many tokens on, products with f32 activations (f16 and bf16 weights, and
 /// [`QuantizedMatrix::gemm_weight_only`]) run on the dense GEMM over dequantized row tiles.
 #[cfg(feature = "dense")]
@@ -116,9 +124,11 @@ enum Activations {
     Q8_0(Vec<BlockQ8_0>),
     Q8_1(Vec<BlockQ8_1>),
     /// Per-token int8 values and scales, with the per-group sums of the int8 values (for
-    /// asymmetric weights: `sum((q - z) * a) = sum(q * a) - z * sum(a)`).
+    /// asymmetric weights: `sum((q - z) * a) = sum(q * a) - z * sum(a)`), and for two or more
+    /// tokens the values widened to i16 (the GEMM tile's operand; empty for one token).
     I8 {
         values: Vec<i8>,
+        wide: Vec<i16>,
         scales: Vec<f32>,
         group_sums: Vec<i32>,
     },
@@ -365,9 +375,10 @@ impl QuantizedMatrix {
     ///
     /// Activations are quantized per token to the partner format of the weights: Q8_0 for Q8_0,
     /// Q4_0 and Q5_0 weights, Q8_1 for Q4_1 and Q5_1, symmetric int8 (one scale per token) for
-    /// the integer schemes; f16 and bf16 weights keep f32 activations. Rows are split over
-    /// rayon's threads; every output is one deterministic dot product, so results do not depend
-    /// on the thread count.
+    /// the integer schemes; f16 and bf16 weights keep f32 activations. Rows (or, for integer
+    /// weights and several tokens, tokens) are split over rayon's threads; every output is one
+    /// deterministic dot product, so results do not depend on the thread count (and with
+    /// quantized activations, each token's outputs equal [`gemv`](Self::gemv) of that token).
     ///
     /// # Panics
     /// If `x.len() != n_tokens * cols` or `y.len() != n_tokens * rows`.
@@ -412,7 +423,8 @@ impl QuantizedMatrix {
                 } else {
                     values.chunks(group).map(|g| g.iter().map(|&v| i32::from(v)).sum()).collect()
                 };
-                Activations::I8 { values, scales, group_sums }
+                let wide = if n_tokens > 1 { values.iter().map(|&v| i16::from(v)).collect() } else { Vec::new() };
+                Activations::I8 { values, wide, scales, group_sums }
             }
         }
     }
@@ -425,6 +437,12 @@ impl QuantizedMatrix {
         #[cfg(feature = "dense")]
         if matches!(activations, Activations::F32) && n_tokens >= DENSE_MIN_TOKENS {
             self.run_dense_tiles(x, n_tokens, y);
+            return;
+        }
+        if let (Weights::Int(weights), Activations::I8 { wide, scales, group_sums, .. }) = (&self.weights, activations)
+            && n_tokens > 1
+        {
+            self.run_int_tiles(weights, y, wide, scales, group_sums);
             return;
         }
         // Each task fills `[rows in task, n_tokens]` of the transposed output; one token needs no
@@ -484,6 +502,72 @@ impl QuantizedMatrix {
         }
     }
 
+    /// Integer weights and two or more tokens: register tiles of six rows by two tokens
+    /// ([`dot::dot_i8_i16_6x2`]) over the widened activations, written straight into `y`'s
+    /// `[n_tokens, rows]` layout. Rayon splits the tokens (in even-sized tasks, so the tiles are the
+    /// same for any split); the row panels are fixed from row 0, the last one padded with copies of
+    /// the last row, and the odd last token paired with itself. Each output takes the same f32
+    /// steps as in [`quad_outputs`](Self::quad_outputs), so GEMV and GEMM agree exactly.
+    fn run_int_tiles(&self, weights: &IntMatrix, y: &mut [f32], wide: &[i16], scales: &[f32], group_sums: &[i32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        if cols == 0 {
+            y.fill(0.0);
+            return;
+        }
+        let group = weights.group_len();
+        let groups_per_row = cols / group;
+        let asymmetric = weights.zero_points().is_some();
+        let kernel =
+            dot::kernels(crate::isa::active()).map_or(dot::scalar::dot_i8_i16_6x2 as dot::I8WideTile, |k| k.i8_i16_6x2);
+        y.par_chunks_mut(INT_TOKENS_PER_TASK * rows).enumerate().for_each(|(task, y_task)| {
+            let first_token = task * INT_TOKENS_PER_TASK;
+            let n_task_tokens = y_task.len() / rows;
+            let task_tokens = &wide[first_token * cols..][..n_task_tokens * cols];
+            let mut sums = vec![[[0i32; INT_TILE_ROWS]; 2]; n_task_tokens.div_ceil(2) * groups_per_row];
+            // Per group, the scales and zero points of the panel's rows.
+            let mut params: Vec<([f32; INT_TILE_ROWS], [i32; INT_TILE_ROWS])> = Vec::with_capacity(groups_per_row);
+            for panel_start in (0..rows).step_by(INT_TILE_ROWS) {
+                let n_panel = INT_TILE_ROWS.min(rows - panel_start);
+                let row_of = |r: usize| panel_start + r.min(n_panel - 1);
+                let weight_rows: [&[i8]; INT_TILE_ROWS] =
+                    std::array::from_fn(|r| &weights.values()[row_of(r) * cols..][..cols]);
+                params.clear();
+                params.extend((0..groups_per_row).map(|g| {
+                    let group_params: [(f32, i8); INT_TILE_ROWS] =
+                        std::array::from_fn(|r| weights.group_params(weights.group_index(row_of(r), g * group)));
+                    (group_params.map(|(scale, _)| scale), group_params.map(|(_, zero_point)| i32::from(zero_point)))
+                }));
+                kernel(weight_rows, task_tokens, group, &mut sums);
+                for (pair, pair_sums) in sums.chunks_exact(groups_per_row).enumerate() {
+                    for k in 0..2.min(n_task_tokens - 2 * pair) {
+                        let t = 2 * pair + k;
+                        let token = first_token + t;
+                        // The f32 steps of `quad_outputs`: per group `sum += scale * integer`, in
+                        // group order, then times the token's scale.
+                        let mut acc = [0.0f32; INT_TILE_ROWS];
+                        for (g, (tile, (group_scales, zero_points))) in pair_sums.iter().zip(&params).enumerate() {
+                            let integers = tile[k];
+                            if asymmetric {
+                                let activation_sum = group_sums[token * groups_per_row + g];
+                                for r in 0..INT_TILE_ROWS {
+                                    acc[r] += group_scales[r] * (integers[r] - zero_points[r] * activation_sum) as f32;
+                                }
+                            } else {
+                                for r in 0..INT_TILE_ROWS {
+                                    acc[r] += group_scales[r] * integers[r] as f32;
+                                }
+                            }
+                        }
+                        let token_scale = scales[token];
+                        for (out, acc) in y_task[t * rows + panel_start..][..n_panel].iter_mut().zip(acc) {
+                            *out = acc * token_scale;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     /// The outputs of the four weight rows from `row` for every token (`outputs` is `[4, n_tokens]`)
     /// with the four-row kernels, which load each activation block once for the four; `false`
     /// (nothing written) for the schemes without one.
@@ -513,7 +597,7 @@ impl QuantizedMatrix {
                     store(t, dot::dot_q4_0x4_q8_0(w.quad(row), token));
                 }
             }
-            (Weights::Int(w), Activations::I8 { values, scales, group_sums }) => {
+            (Weights::Int(w), Activations::I8 { values, scales, group_sums, .. }) => {
                 let group = w.group_len();
                 let groups_per_row = cols / group;
                 let weight_rows: [&[i8]; 4] =
@@ -588,7 +672,7 @@ impl QuantizedMatrix {
             (Weights::Q5_1(w), Activations::Q8_1(a)) => {
                 dot_tokens(&w[row_blocks.clone()], a, outputs, dot::dot_q5_1_q8_1)
             }
-            (Weights::Int(w), Activations::I8 { values, scales, group_sums }) => {
+            (Weights::Int(w), Activations::I8 { values, scales, group_sums, .. }) => {
                 let group = w.group_len();
                 let groups_per_row = cols / group;
                 let weight_row = &w.values()[row * cols..(row + 1) * cols];
@@ -807,6 +891,39 @@ mod tests {
                 run(3).iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    fn int_gemm_is_gemv_per_token_for_any_split() {
+        // 37 tokens span three tasks of the int8 GEMM (the last one odd), 13 rows three tiles
+        // (the last one padded).
+        let (rows, cols, n_tokens) = (13, 96, 37);
+        let weights = values(rows * cols, 11);
+        let mut x = values(n_tokens * cols, 12);
+        // A token of zeros (zero scale) and one with a single outlier.
+        x[3 * cols..4 * cols].fill(0.0);
+        x[5 * cols + 7] = 1e4;
+        for name in ["int8-channel", "int8-g32", "int8-channel-asym", "int4-g32", "int4-g32-asym", "int8-tensor"] {
+            let matrix = QuantizedMatrix::quantize(&weights, rows, cols, name.parse().unwrap()).unwrap();
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut y = vec![f32::NAN; n_tokens * rows];
+                pool.install(|| matrix.gemm(&x, n_tokens, &mut y));
+                y
+            };
+            let y = run(1);
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&run(4)), "{name}: thread count");
+            for (t, (token, expected)) in x.chunks_exact(cols).zip(y.chunks_exact(rows)).enumerate() {
+                let mut single = vec![f32::NAN; rows];
+                matrix.gemv(token, &mut single);
+                assert_eq!(bits(&single), bits(expected), "{name}: token {t}");
+            }
+            // Two tokens (one task, one pair) agree with the first two of the long run.
+            let mut two = vec![f32::NAN; 2 * rows];
+            matrix.gemm(&x[..2 * cols], 2, &mut two);
+            assert_eq!(bits(&two), bits(&y[..2 * rows]), "{name}: two tokens");
         }
     }
 

@@ -22,7 +22,8 @@
 //! Every path computes the integer parts exactly for every input, including -128 in an
 //! activation block (which ggml's AVX2 `sign` trick gets wrong against a negative weight; its
 //! quantizers never write -128), and [`dot_i8_i8`] is identical on every path: the i32 sum is
-//! exact while it fits and otherwise wraps modulo 2^32.
+//! exact while it fits and otherwise wraps modulo 2^32. So is every sum of the int8 GEMM tile
+//! [`dot_i8_i16_6x2`].
 //!
 //! The f32 results of a SIMD path differ from the scalar reference only in the order of the f32
 //! operations. For `n` blocks, with `A` the sum over blocks of
@@ -49,6 +50,11 @@ use crate::ggml::{BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ5_0, BlockQ5_1, Block
 /// The int8 GEMM tile: four weight rows times two tokens, `result[token][row]`.
 pub type I8Tile = fn([&[i8]; 4], [&[i8]; 2]) -> [[i32; 4]; 2];
 
+/// The int8 GEMM's register tile: six weight rows times each pair of tokens widened to i16,
+/// summed per group of columns into `sums[pair * n_groups + group][token of the pair][row]` (see
+/// [`dot_i8_i16_6x2`]).
+pub type I8WideTile = fn([&[i8]; 6], &[i16], usize, &mut [[[i32; 6]; 2]]);
+
 /// The dot-product kernels of one instruction set. Every kernel panics when its operands differ
 /// in length; otherwise all agree with the scalar ones as the [module docs](self) state.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +72,7 @@ pub struct DotKernels {
     pub q4_0x4_q8_0: fn(&[BlockQ4_0x4], &[BlockQ8_0]) -> [f32; 4],
     pub i8_i8_x4: fn([&[i8]; 4], &[i8]) -> [i32; 4],
     pub i8_i8_4x2: I8Tile,
+    pub i8_i16_6x2: I8WideTile,
 }
 
 const SCALAR: DotKernels = DotKernels {
@@ -81,6 +88,7 @@ const SCALAR: DotKernels = DotKernels {
     q4_0x4_q8_0: scalar::dot_q4_0x4_q8_0,
     i8_i8_x4: scalar::dot_i8_i8_x4,
     i8_i8_4x2: scalar::dot_i8_i8_4x2,
+    i8_i16_6x2: scalar::dot_i8_i16_6x2,
 };
 
 /// The kernels of `isa`, or `None` when this CPU cannot run them.
@@ -98,6 +106,31 @@ pub fn kernels(isa: Isa) -> Option<&'static DotKernels> {
 fn dispatched() -> &'static DotKernels {
     static DISPATCHED: OnceLock<&'static DotKernels> = OnceLock::new();
     DISPATCHED.get_or_init(|| kernels(crate::isa::active()).unwrap_or(&SCALAR))
+}
+
+/// The shape check of [`dot_i8_i16_6x2`]; gives the row length, the number of tokens and the
+/// number of groups.
+#[track_caller]
+pub(crate) fn assert_tile_shape(
+    rows: [&[i8]; 6],
+    tokens: &[i16],
+    group_len: usize,
+    n_sums: usize,
+) -> (usize, usize, usize) {
+    let len = rows[0].len();
+    for row in rows {
+        assert_same_len(row.len(), len);
+    }
+    let n_tokens = tokens.len().checked_div(len).unwrap_or(0);
+    let n_groups = len.checked_div(group_len).unwrap_or(0);
+    assert!(n_tokens * len == tokens.len(), "{} activations are not whole tokens of {len}", tokens.len());
+    assert!(n_groups * group_len == len, "groups of {group_len} columns do not cover rows of {len}");
+    let expected = n_tokens.div_ceil(2) * n_groups;
+    assert!(
+        n_sums == expected,
+        "{n_sums} tiles of sums for {n_tokens} tokens and {n_groups} groups (expected {expected})"
+    );
+    (len, n_tokens, n_groups)
 }
 
 /// The length check every kernel starts with.
@@ -155,13 +188,27 @@ pub fn dot_i8_i8_4x2(rows: [&[i8]; 4], tokens: [&[i8]; 2]) -> [[i32; 4]; 2] {
     (dispatched().i8_i8_4x2)(rows, tokens)
 }
 
+/// Six int8 weight rows times every token of `tokens` (row-major, as many columns as the rows;
+/// int8 activations widened to i16 once per GEMM), taken in pairs `(2p, 2p + 1)` (an odd last
+/// token is paired with itself) and summed per group of `group_len` columns:
+/// `sums[p * n_groups + g][k][r]` is the wrapping i32 sum of `rows[r][c] * tokens[2p + k][c]` over
+/// the columns of group `g`, identical on every path. This is the register tile of the int8 GEMM;
+/// for int8 activations each sum is [`dot_i8_i8`] of the group's spans.
+///
+/// # Panics
+/// If the rows differ in length, `tokens` is not a whole number of rows' lengths, the groups do
+/// not cover a row exactly, or `sums` does not hold one tile per pair of tokens and group.
+pub fn dot_i8_i16_6x2(rows: [&[i8]; 6], tokens: &[i16], group_len: usize, sums: &mut [[[i32; 6]; 2]]) {
+    (dispatched().i8_i16_6x2)(rows, tokens, group_len, sums)
+}
+
 #[cfg(test)]
 mod tests {
     use std::fmt::Debug;
     use std::panic::{AssertUnwindSafe, catch_unwind};
 
     use half::f16;
-    use proptest::array::{uniform4, uniform16, uniform32};
+    use proptest::array::{uniform4, uniform6, uniform16, uniform32};
     use proptest::collection::vec;
     use proptest::prelude::*;
 
@@ -406,6 +453,43 @@ mod tests {
                     for (r, row) in rows.iter().enumerate() {
                         prop_assert_eq!(tile[t][r], scalar::dot_i8_i8(row, token), "{} row {} token {}", table.isa.name(), r, t);
                     }
+                }
+            }
+        }
+
+        #[test]
+        fn i8_i16_6x2_is_exact(
+            (rows, tokens, group_len) in (1usize..=40, 1usize..=4, 1usize..=5).prop_flat_map(|(group_len, n_groups, n_tokens)| {
+                let len = group_len * n_groups;
+                let token = prop_oneof![4 => any::<i16>(), 1 => Just(i16::MIN), 1 => Just(i16::MAX), 4 => int8().prop_map(i16::from)];
+                (uniform6(vec(int8(), len)), vec(token, len * n_tokens), Just(group_len))
+            })
+        ) {
+            let len = rows[0].len();
+            let n_tokens = tokens.len() / len;
+            let n_groups = len / group_len;
+            let rows = rows.each_ref().map(Vec::as_slice);
+            for table in tables() {
+                let mut sums = vec![[[i32::MIN; 6]; 2]; n_tokens.div_ceil(2) * n_groups];
+                (table.i8_i16_6x2)(rows, &tokens, group_len, &mut sums);
+                for (index, tile) in sums.iter().enumerate() {
+                    let (pair, g) = (index / n_groups, index % n_groups);
+                    let span = g * group_len..(g + 1) * group_len;
+                    for (k, sums) in tile.iter().enumerate() {
+                        let t = (2 * pair + k).min(n_tokens - 1);
+                        let token = &tokens[t * len..][span.clone()];
+                        for (r, row) in rows.iter().enumerate() {
+                            let exact: i64 = row[span.clone()].iter().zip(token).map(|(&w, &a)| i64::from(w) * i64::from(a)).sum();
+                            prop_assert_eq!(i64::from(sums[r]), exact, "{} pair {} token {} group {} row {}", table.isa.name(), pair, k, g, r);
+                        }
+                    }
+                }
+                // With int8 activations every sum is `dot_i8_i8` of the group's spans.
+                if tokens.iter().all(|&a| i8::try_from(a).is_ok()) {
+                    let narrow: Vec<i8> = tokens.iter().map(|&a| a as i8).collect();
+                    let t = n_tokens - 1;
+                    let expected = scalar::dot_i8_i8(&rows[5][..group_len], &narrow[t * len..][..group_len]);
+                    prop_assert_eq!(sums[(n_tokens - 1) / 2 * n_groups][t % 2][5], expected, "{}", table.isa.name());
                 }
             }
         }
@@ -743,6 +827,35 @@ mod tests {
             assert_eq!((table.i8_i8)(&x[32..], &y[32..]), 143, "{}", table.isa.name());
         }
         assert_eq!(dot_i8_i8(&x, &y), 79);
+    }
+
+    #[test]
+    fn i8_i16_6x2_shapes_and_wrapping() {
+        // Sums past i32 wrap identically on every path: 100003 products of -128 * -32768 (2^22).
+        let len = 100_003;
+        let row = vec![i8::MIN; len];
+        let token = vec![i16::MIN; len];
+        let wrapped = (0..len).fold(0i32, |sum, _| sum.wrapping_add(1 << 22));
+        assert_ne!(wrapped, 0);
+        for table in tables() {
+            let mut sums = vec![[[0; 6]; 2]; 1];
+            (table.i8_i16_6x2)([&row[..]; 6], &token, len, &mut sums);
+            assert_eq!(sums[0], [[wrapped; 6]; 2], "{}", table.isa.name());
+            // No columns: nothing to sum, whatever the group length.
+            (table.i8_i16_6x2)([&[][..]; 6], &[], 16, &mut []);
+        }
+        let shape = |rows: [&[i8]; 6], tokens: &[i16], group_len: usize, n_sums: usize| {
+            catch_unwind(AssertUnwindSafe(|| dot_i8_i16_6x2(rows, tokens, group_len, &mut vec![[[0; 6]; 2]; n_sums])))
+        };
+        let row = [0i8; 32];
+        assert!(shape([&row[..]; 6], &[0; 96], 16, 4).is_ok());
+        // Three tokens need two pairs, two groups each.
+        assert!(shape([&row[..]; 6], &[0; 96], 16, 3).is_err());
+        assert!(shape([&row[..]; 6], &[0; 95], 16, 4).is_err());
+        assert!(shape([&row[..]; 6], &[0; 96], 12, 4).is_err());
+        assert!(shape([&row[..]; 6], &[0; 96], 0, 4).is_err());
+        let short = [0i8; 31];
+        assert!(shape([&row[..], &row[..], &short[..], &row[..], &row[..], &row[..]], &[0; 96], 16, 4).is_err());
     }
 
     #[test]

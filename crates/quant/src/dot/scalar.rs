@@ -188,6 +188,30 @@ pub fn dot_i8_i8_4x2(rows: [&[i8]; 4], tokens: [&[i8]; 2]) -> [[i32; 4]; 2] {
     tokens.map(|token| dot_i8_i8_x4(rows, token))
 }
 
+/// Six int8 rows times each pair of tokens of i16 activations, per group of `group_len` columns:
+/// `sums[p * n_groups + g][k][r]` is the wrapping i32 sum of `rows[r][c] * tokens[2p + k][c]` over
+/// group `g`'s columns (an odd last token is paired with itself).
+///
+/// # Panics
+/// As [`super::dot_i8_i16_6x2`].
+pub fn dot_i8_i16_6x2(rows: [&[i8]; 6], tokens: &[i16], group_len: usize, sums: &mut [[[i32; 6]; 2]]) {
+    let (len, n_tokens, n_groups) = super::assert_tile_shape(rows, tokens, group_len, sums.len());
+    for (index, tile) in sums.iter_mut().enumerate() {
+        let (pair, group) = (index / n_groups, index % n_groups);
+        let span = group * group_len..(group + 1) * group_len;
+        for (k, out) in tile.iter_mut().enumerate() {
+            let token = (2 * pair + k).min(n_tokens - 1);
+            let token = &tokens[token * len..(token + 1) * len];
+            for (row, out) in rows.iter().zip(out.iter_mut()) {
+                *out = row[span.clone()]
+                    .iter()
+                    .zip(&token[span.clone()])
+                    .fold(0i32, |sum, (&w, &a)| sum.wrapping_add(i32::from(w) * i32::from(a)));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use half::f16;

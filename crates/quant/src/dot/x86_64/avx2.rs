@@ -5,9 +5,12 @@
 //! except in the four-row kernels: there the activations, shared by the four rows, are checked
 //! once for -128, and without one each row takes `maddubs(|x|, y * sign(x))` (ggml's `sign` trick
 //! with the roles that keep it exact for a weight of -128); a block with -128 takes the widening
-//! path. The 4- and 5-bit weights are unsigned operands of at most 31 in `maddubs`, whose pair
-//! sums (at most 31 * 128 * 2) cannot saturate. The offsets of Q4_0 and Q5_0 are subtracted as a
-//! second `maddubs` of the activations against the offset.
+//! path. The int8 GEMM tile (six rows by pairs of tokens) takes the activations widened to i16
+//! once per GEMM and sign-extends each weight vector once for two tokens: one `madd` per 16 MACs,
+//! exact for every input, with no sign trick and no -128 check. The 4- and 5-bit weights are
+//! unsigned operands of at most 31 in `maddubs`, whose pair sums (at most 31 * 128 * 2) cannot
+//! saturate. The offsets of Q4_0 and Q5_0 are subtracted as a second `maddubs` of the activations
+//! against the offset.
 //!
 //! The GGML kernels take four blocks per step, each into its own accumulator of eight lanes, and
 //! convert the step's eight f16 scales with one instruction. Only the f32 accumulation order
@@ -16,7 +19,7 @@
 use std::arch::x86_64::*;
 
 use crate::Isa;
-use crate::dot::{DotKernels, assert_same_len};
+use crate::dot::{DotKernels, assert_same_len, assert_tile_shape};
 use half::f16;
 
 use crate::ggml::{BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_1, QK};
@@ -34,6 +37,7 @@ static AVX2: DotKernels = DotKernels {
     q4_0x4_q8_0,
     i8_i8_x4,
     i8_i8_4x2,
+    i8_i16_6x2,
 };
 
 /// The AVX2 table, or `None` when this CPU lacks AVX2, FMA or F16C.
@@ -75,6 +79,15 @@ fn i8_i8_4x2(rows: [&[i8]; 4], tokens: [&[i8]; 2]) -> [[i32; 4]; 2] {
     }
     // SAFETY: as for `safe_entries`; the lengths were checked above.
     unsafe { dot_i8_i8_4x2(rows, tokens) }
+}
+
+fn i8_i16_6x2(rows: [&[i8]; 6], tokens: &[i16], group_len: usize, sums: &mut [[[i32; 6]; 2]]) {
+    let (len, n_tokens, n_groups) = assert_tile_shape(rows, tokens, group_len, sums.len());
+    if n_groups == 0 {
+        return;
+    }
+    // SAFETY: as for `safe_entries`; the shapes were checked above.
+    unsafe { dot_i8_i16_6x2(rows, tokens, len, n_tokens, group_len, sums) }
 }
 
 fn i8_i8_x4(rows: [&[i8]; 4], y: &[i8]) -> [i32; 4] {
@@ -397,6 +410,91 @@ unsafe fn dot_i8_i8_4x2(rows: [&[i8]; 4], tokens: [&[i8]; 2]) -> [[i32; 4]; 2] {
         let rest_sums = dot_i8_i8_x4(rows.map(|row| &row[rest..]), &tokens[t][rest..]);
         std::array::from_fn(|r| sums[t][r].wrapping_add(rest_sums[r]))
     })
+}
+
+/// Six weight rows times each pair of tokens, the int8 GEMM's register tile, per group of columns.
+///
+/// The tokens arrive widened to i16, so every product is one `madd_epi16` of sixteen
+/// sign-extended weights against sixteen activations: exact for every input (each pair sum is at
+/// most `2 * 128 * 32768 = 2^24`), with no sign trick and no -128 check. That is two multiplies
+/// per 32 MACs, as many as `maddubs` + `madd`, without the `sign` and `abs` (which compete with
+/// the multiplies for the same ports). Twelve accumulators, the two token vectors, one widened
+/// weight and one product fill the sixteen registers; each step loads each token once for six
+/// rows and each weight once for two tokens.
+///
+/// # Safety
+/// The operands must have the shape `assert_tile_shape` checks, with `len` columns, `n_tokens >
+/// 0` tokens and `group_len > 0` (AVX2 must be available, as the feature says).
+#[target_feature(enable = "avx2")]
+unsafe fn dot_i8_i16_6x2(
+    rows: [&[i8]; 6],
+    tokens: &[i16],
+    len: usize,
+    n_tokens: usize,
+    group_len: usize,
+    sums: &mut [[[i32; 6]; 2]],
+) {
+    const STEP: usize = 16;
+    let steps = group_len / STEP;
+    let row_ptrs = rows.map(<[i8]>::as_ptr);
+    let mut tiles = sums.chunks_exact_mut(len / group_len);
+    for (pair, tiles) in (&mut tiles).enumerate() {
+        let pair_tokens = [2 * pair, (2 * pair + 1).min(n_tokens - 1)].map(|t| &tokens[t * len..(t + 1) * len]);
+        let token_ptrs = pair_tokens.map(<[i16]>::as_ptr);
+        for (g, out) in tiles.iter_mut().enumerate() {
+            let start = g * group_len;
+            let zero = _mm256_setzero_si256();
+            let mut acc = [[zero; 6]; 2];
+            for step in 0..steps {
+                let col = start + step * STEP;
+                // SAFETY: `col + STEP <= (g + 1) * group_len <= len`, the length of every row and
+                // pair token; `loadu` needs no alignment.
+                unsafe {
+                    let token0 = _mm256_loadu_si256(token_ptrs[0].add(col).cast());
+                    let token1 = _mm256_loadu_si256(token_ptrs[1].add(col).cast());
+                    for r in 0..6 {
+                        let weights = _mm256_cvtepi8_epi16(_mm_loadu_si128(row_ptrs[r].add(col).cast()));
+                        acc[0][r] = _mm256_add_epi32(acc[0][r], _mm256_madd_epi16(weights, token0));
+                        acc[1][r] = _mm256_add_epi32(acc[1][r], _mm256_madd_epi16(weights, token1));
+                    }
+                }
+            }
+            // Token 0's six rows and token 1's first two, then token 1's last four: `[[i32; 6]; 2]`
+            // is these twelve sums in this order.
+            let [first, second] = acc;
+            let head = hsum8_epi32([first[0], first[1], first[2], first[3], first[4], first[5], second[0], second[1]]);
+            let last = hsum4_epi32([second[2], second[3], second[4], second[5]]);
+            let flat: &mut [i32; 12] = bytemuck::cast_mut(out);
+            flat[..8].copy_from_slice(&head);
+            flat[8..].copy_from_slice(&last);
+            let tail = start + steps * STEP..start + group_len;
+            if !tail.is_empty() {
+                for (token, out) in pair_tokens.iter().zip(out.iter_mut()) {
+                    for (row, out) in rows.iter().zip(out.iter_mut()) {
+                        *out = row[tail.clone()]
+                            .iter()
+                            .zip(&token[tail.clone()])
+                            .fold(*out, |sum, (&w, &a)| sum.wrapping_add(i32::from(w) * i32::from(a)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The lane sums of eight vectors.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum8_epi32(v: [__m256i; 8]) -> [i32; 8] {
+    // Per 128-bit half: [v0, v1, v2, v3] and [v4, v5, v6, v7], each lane one vector's half sum.
+    let low = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    let high = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    let sums =
+        _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(low, high), _mm256_permute2x128_si256::<0x31>(low, high));
+    let mut out = [0i32; 8];
+    // SAFETY: `out` has room for the 32 bytes of `storeu`, which needs no alignment.
+    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), sums) };
+    out
 }
 
 /// The lane sums of four vectors.
