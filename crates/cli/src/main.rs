@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod compress;
+mod distill;
 mod embed;
 mod eval;
 mod inspect;
@@ -37,6 +38,8 @@ enum Command {
     Apply(compress::ApplyArgs),
     /// Apply every method (or the recipes of a folder) to a model and report size, speed and fidelity side by side.
     Compare(compress::CompareArgs),
+    /// Train a smaller student (some of the teacher's layers) to reproduce the teacher's sentence embeddings.
+    Distill(distill::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Shrink(args) => compress::shrink(&args),
         Command::Apply(args) => compress::apply(&args),
         Command::Compare(args) => compress::compare(&args),
+        Command::Distill(args) => distill::run(&args),
     };
     match outcome.and_then(|text| write_stdout(&text)) {
         Ok(()) => ExitCode::SUCCESS,

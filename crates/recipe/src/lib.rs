@@ -26,6 +26,7 @@
 pub mod compare;
 pub mod compress;
 pub mod data;
+pub mod distill;
 mod error;
 pub mod eval;
 pub mod recipe;
