@@ -5,13 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, bail};
-use lathe_config::Role;
-use lathe_quant::Scheme;
-use lathe_recipe::compress::{
-    self, ActivationMode, CalibrationData, PruneMethod, PruneOptions, QuantizeMethod, QuantizeOptions, Scope,
-    ShrinkOptions, Source,
-};
+use anyhow::Context;
+use lathe_recipe::recipe::{CalibrationSpec, DEFAULT_SAMPLES, Step};
 
 const ENCODER_ONLY: &str = "Only the encoder's linear layers change; embeddings, LayerNorms and the pooler stay as they \
                             are. The output folder is complete (config, tensors, tokenizer and pooling files, \
@@ -25,19 +20,13 @@ pub struct CalibrationArgs {
     #[arg(long, value_name = "FILE")]
     calibration: Option<PathBuf>,
     /// How many sentences to calibrate on (the first N of the file or corpus).
-    #[arg(long, value_name = "N", default_value = "256")]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SAMPLES)]
     samples: usize,
 }
 
 impl CalibrationArgs {
-    fn load(&self) -> anyhow::Result<CalibrationData> {
-        if self.samples == 0 {
-            bail!("--samples must be at least 1");
-        }
-        Ok(match &self.calibration {
-            Some(path) => CalibrationData::from_file(path, self.samples)?,
-            None => CalibrationData::shipped(self.samples),
-        })
+    fn spec(&self) -> CalibrationSpec {
+        CalibrationSpec { calibration: self.calibration.clone(), samples: Some(self.samples) }
     }
 }
 
@@ -53,7 +42,7 @@ pub struct QuantizeArgs {
     /// -g<N> (groups of N columns) or -tensor (int8 only), and -asym for zero points
     /// (int8-channel, int4-g128, int4-g32-asym ...).
     #[arg(long, value_name = "SCHEME")]
-    scheme: Scheme,
+    scheme: String,
     /// Rounding: round to nearest, or GPTQ (calibrated, integer and q4_0/q4_1 schemes).
     #[arg(long, value_name = "rtn|gptq", default_value = "rtn")]
     method: String,
@@ -67,7 +56,7 @@ pub struct QuantizeArgs {
     smooth: Option<f32>,
     /// Linear roles left unquantized: query, key, value, attn_out, ffn_in, ffn_out.
     #[arg(long, value_name = "ROLE,...", value_delimiter = ',')]
-    keep_f32: Vec<Role>,
+    keep_f32: Vec<String>,
     #[command(flatten)]
     calibration: CalibrationArgs,
 }
@@ -119,63 +108,47 @@ pub struct ShrinkArgs {
     keep_ffn: Option<f64>,
 }
 
-fn open(model: &Path) -> anyhow::Result<Source> {
-    Source::open(model).with_context(|| format!("cannot open model folder {}", model.display()))
-}
-
 fn done(out: &Path, start: Instant) -> String {
     eprintln!("wrote {} in {:.1} s", out.display(), start.elapsed().as_secs_f64());
     format!("{}\n", out.display())
 }
 
-pub fn quantize(args: &QuantizeArgs) -> anyhow::Result<String> {
+/// Runs one step as a recipe would: the options are checked and the step dispatched (calibrated
+/// or not) by lathe-recipe, so command lines and recipe files behave alike.
+fn run_step(step: Step, model: &Path, out: &Path) -> anyhow::Result<String> {
     let start = Instant::now();
-    let method: QuantizeMethod = args.method.parse()?;
-    let activations: ActivationMode = args.activations.parse()?;
-    if let Some(alpha) = args.smooth
-        && !(0.0..=1.0).contains(&alpha)
-    {
-        bail!("--smooth {alpha}: alpha must be in [0, 1]");
-    }
-    let source = open(&args.model)?;
-    let options = QuantizeOptions { scheme: args.scheme, method, activations, keep_f32: args.keep_f32.clone() };
-    let out = if method == QuantizeMethod::Gptq || args.smooth.is_some() {
-        let data = args.calibration.load()?;
-        compress::quantize_calibrated(&source, &args.output, &options, args.smooth, &data)?
-    } else {
-        compress::quantize(&source, &args.output, &options)?
-    };
+    let out = step.run(model, out)?;
     Ok(done(&out, start))
+}
+
+pub fn quantize(args: &QuantizeArgs) -> anyhow::Result<String> {
+    let step = Step::Quantize {
+        scheme: args.scheme.clone(),
+        method: Some(args.method.clone()),
+        activations: Some(args.activations.clone()),
+        smooth: args.smooth,
+        keep_f32: Some(args.keep_f32.clone()),
+        data: args.calibration.spec(),
+    };
+    run_step(step, &args.model, &args.output)
 }
 
 pub fn prune(args: &PruneArgs) -> anyhow::Result<String> {
-    let start = Instant::now();
-    let method: PruneMethod = args.method.parse()?;
-    let pattern = args.pattern.as_deref().map(compress::parse_pattern).transpose()?;
-    let sparsity = match (args.sparsity, pattern) {
-        (Some(sparsity), _) => sparsity,
-        (None, Some((n, m))) => 1.0 - n as f64 / m as f64,
-        (None, None) => bail!("--sparsity is required without --pattern"),
+    let step = Step::Prune {
+        method: args.method.clone(),
+        sparsity: args.sparsity,
+        pattern: args.pattern.clone(),
+        scope: Some(args.scope.clone()),
+        seed: Some(args.seed),
+        data: args.calibration.spec(),
     };
-    let scope: Scope = args.scope.parse()?;
-    let source = open(&args.model)?;
-    let options = PruneOptions { method, sparsity, pattern, scope, seed: args.seed };
-    let out = if method.is_calibrated() {
-        let data = args.calibration.load()?;
-        compress::prune_calibrated(&source, &args.output, &options, &data)?
-    } else {
-        compress::prune(&source, &args.output, &options)?
-    };
-    Ok(done(&out, start))
+    run_step(step, &args.model, &args.output)
 }
 
 pub fn shrink(args: &ShrinkArgs) -> anyhow::Result<String> {
-    let start = Instant::now();
-    let source = open(&args.model)?;
-    let options =
-        ShrinkOptions { keep_layers: args.keep_layers.clone(), keep_heads: args.keep_heads, keep_ffn: args.keep_ffn };
-    let out = compress::shrink(&source, &args.output, &options)?;
-    Ok(done(&out, start))
+    let step =
+        Step::Shrink { keep_layers: args.keep_layers.clone(), keep_heads: args.keep_heads, keep_ffn: args.keep_ffn };
+    run_step(step, &args.model, &args.output)
 }
 
 #[derive(Debug, clap::Args)]

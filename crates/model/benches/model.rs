@@ -17,23 +17,16 @@
 //!
 //! The model folder is `$LATHE_MODELS_DIR/all-MiniLM-L6-v2` (as in tests/model.rs).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, black_box, criterion_group, criterion_main};
 use lathe_config::Role;
 use lathe_model::{Pooling, SentenceEncoder};
 
-fn models_dir() -> PathBuf {
-    let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
-    if let Some(dir) = non_empty("LATHE_MODELS_DIR") {
-        return dir;
-    }
-    if let Some(cache) = non_empty("XDG_CACHE_HOME").filter(|cache| cache.is_absolute()) {
-        return cache.join("lathe").join("models");
-    }
-    non_empty("HOME").expect("neither LATHE_MODELS_DIR nor HOME is set").join(".cache").join("lathe").join("models")
-}
+#[path = "../../../tests/support/models.rs"]
+mod models;
+use models::models_dir;
 
 fn sentences() -> Vec<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sentences.txt");

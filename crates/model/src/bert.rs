@@ -249,12 +249,44 @@ impl Activation {
 
 /// Where a token's position-embedding row comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Positions {
+pub(crate) enum Positions {
     /// BERT, DistilBERT: the position in the padded sequence.
     Absolute,
     /// RoBERTa, XLM-R: `padding_idx + 1 +` the count of real tokens before, `padding_idx` for
     /// padding (transformers' `create_position_ids_from_input_ids`).
     AfterPadding(usize),
+}
+
+impl Positions {
+    /// The rule of a config's family; `None` for families that are not BERT-like encoders.
+    pub(crate) fn of(config: &Config) -> Option<Positions> {
+        match config.family() {
+            Family::Bert | Family::DistilBert => Some(Positions::Absolute),
+            Family::Roberta | Family::XlmRoberta => Some(Positions::AfterPadding(config.pad_token_id().unwrap_or(1))),
+            _ => None,
+        }
+    }
+
+    /// Rows of the position table before the first usable one.
+    pub(crate) fn offset(self) -> usize {
+        match self {
+            Positions::Absolute => 0,
+            Positions::AfterPadding(pad) => pad.saturating_add(1),
+        }
+    }
+
+    /// The position-table row of each token of one sequence, from its padding mask.
+    pub(crate) fn rows(self, mask: &[bool]) -> impl Iterator<Item = usize> + '_ {
+        let mut real_before = 0;
+        mask.iter().enumerate().map(move |(position, &real)| match self {
+            Positions::Absolute => position,
+            Positions::AfterPadding(pad) if real => {
+                real_before += 1;
+                pad + real_before
+            }
+            Positions::AfterPadding(pad) => pad,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -316,6 +348,30 @@ fn is_task_head(name: &str, prefix: &str) -> bool {
     if prefix.is_empty() { TASK_HEADS.iter().any(|head| name.starts_with(head)) } else { !name.starts_with(prefix) }
 }
 
+/// The file errors about a checkpoint name: its one shard, or the folder of several.
+pub(crate) fn checkpoint_file(checkpoint: &Checkpoint) -> PathBuf {
+    match checkpoint.shards().next() {
+        Some((path, _)) if checkpoint.shards().count() == 1 => path.to_path_buf(),
+        Some((path, _)) => path.parent().map_or_else(|| path.to_path_buf(), Path::to_path_buf),
+        None => PathBuf::new(),
+    }
+}
+
+/// The description of a checkpoint whose tensors are `names` (with shapes), checked against the
+/// config: every missing, extra or misshaped tensor is named; task heads such as `cls.*` are
+/// ignored.
+pub(crate) fn checked_architecture(
+    config: &Config,
+    names: &[(String, Vec<usize>)],
+    checkpoint_file: &Path,
+) -> Result<Architecture> {
+    let in_checkpoint = |source| Error::Checkpoint { file: checkpoint_file.to_path_buf(), source };
+    let architecture = Architecture::detect(config, names.iter().map(|(name, _)| name)).map_err(in_checkpoint)?;
+    let body = names.iter().filter(|(name, _)| !is_task_head(name, architecture.prefix()));
+    architecture.validate(body.map(|(name, shape)| (name, shape))).map_err(in_checkpoint)?;
+    Ok(architecture)
+}
+
 /// The batch size (tokens per call) pruned layers are planned for when the loader picks a sparse
 /// or dense kernel: a few sentences, as `lathe embed` and `lathe eval` batch them by length.
 const PLANNED_TOKENS: usize = 32;
@@ -345,15 +401,11 @@ impl BertModel {
         let config_file = config.path().to_path_buf();
         let unsupported = |message: String| Error::Unsupported { file: config_file.clone(), message };
         let family = config.family();
-        let positions = match family {
-            Family::Bert | Family::DistilBert => Positions::Absolute,
-            Family::Roberta | Family::XlmRoberta => Positions::AfterPadding(config.pad_token_id().unwrap_or(1)),
-            other => {
-                return Err(unsupported(format!(
-                    "model_type `{other}` is not a BERT-family encoder (lathe-model runs bert, roberta, xlm-roberta \
-                     and distilbert)"
-                )));
-            }
+        let Some(positions) = Positions::of(&config) else {
+            return Err(unsupported(format!(
+                "model_type `{family}` is not a BERT-family encoder (lathe-model runs bert, roberta, xlm-roberta \
+                 and distilbert)"
+            )));
         };
         let json = config.json();
         let activation_key = if family == Family::DistilBert { "activation" } else { "hidden_act" };
@@ -379,19 +431,11 @@ impl BertModel {
             )));
         }
 
-        let checkpoint_file = match checkpoint.shards().next() {
-            Some((path, _)) if checkpoint.shards().count() == 1 => path.to_path_buf(),
-            Some((path, _)) => path.parent().map_or_else(|| path.to_path_buf(), Path::to_path_buf),
-            None => PathBuf::new(),
-        };
-        let in_checkpoint = |source| Error::Checkpoint { file: checkpoint_file.clone(), source };
+        let checkpoint_file = checkpoint_file(checkpoint);
         // Quantized linears are stored as several tensors (compressed-tensors) or as raw blocks
         // (GGML); validation sees each as the `[out, in]` weight the config describes.
         let stored = Stored::read(&config, checkpoint)?;
-        let names: Vec<(String, Vec<usize>)> = stored.logical_tensors(checkpoint)?;
-        let architecture = Architecture::detect(&config, names.iter().map(|(name, _)| name)).map_err(in_checkpoint)?;
-        let body = names.iter().filter(|(name, _)| !is_task_head(name, architecture.prefix()));
-        architecture.validate(body.map(|(name, shape)| (name, shape))).map_err(in_checkpoint)?;
+        let architecture = checked_architecture(&config, &stored.logical_tensors(checkpoint)?, &checkpoint_file)?;
 
         let load = |name: &str| -> Result<Vec<f32>> { Ok(checkpoint.tensor(name)?.to_f32()?) };
         let others = architecture.others();
@@ -404,10 +448,7 @@ impl BertModel {
 
         let hidden_size = config.hidden_size();
         let position_rows = position.shape[0];
-        let offset = match positions {
-            Positions::Absolute => 0,
-            Positions::AfterPadding(pad) => pad.saturating_add(1),
-        };
+        let offset = positions.offset();
         let mut layers = Vec::with_capacity(architecture.layers().len());
         for layer in architecture.layers() {
             if layer.shape.kv_heads != layer.shape.heads {
@@ -568,16 +609,8 @@ impl BertModel {
                 let rows = sequence * seq_len..(sequence + 1) * seq_len;
                 let (ids, type_ids, mask) =
                     (&batch.ids[rows.clone()], &batch.type_ids[rows.clone()], &batch.mask[rows]);
-                let mut real_before = 0;
-                for (position, dst) in dst.chunks_exact_mut(hidden).enumerate() {
-                    let position_row = match self.positions {
-                        Positions::Absolute => position,
-                        Positions::AfterPadding(pad) if mask[position] => {
-                            real_before += 1;
-                            pad + real_before
-                        }
-                        Positions::AfterPadding(pad) => pad,
-                    };
+                let position_rows = self.positions.rows(mask);
+                for ((position, dst), position_row) in dst.chunks_exact_mut(hidden).enumerate().zip(position_rows) {
                     dst.copy_from_slice(&self.word_embeddings[ids[position] as usize * hidden..][..hidden]);
                     if self.type_vocab_size > 0 {
                         let token_type = &self.token_type_embeddings[type_ids[position] as usize * hidden..][..hidden];

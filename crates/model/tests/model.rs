@@ -15,31 +15,13 @@ use lathe_model::{Batch, BertModel, Hidden, LAYER_ROLES, LinearKind, Pooling, Po
 use lathe_quant::{QuantizedMatrix, Scheme};
 use safetensors::{Dtype, SafeTensors};
 
+#[path = "../../../tests/support/models.rs"]
+mod models;
+use models::minilm_dir;
+
 const N: usize = 48;
 const L: usize = 68;
 const H: usize = 384;
-
-fn models_dir() -> PathBuf {
-    let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
-    if let Some(dir) = non_empty("LATHE_MODELS_DIR") {
-        return dir;
-    }
-    if let Some(cache) = non_empty("XDG_CACHE_HOME").filter(|cache| cache.is_absolute()) {
-        return cache.join("lathe").join("models");
-    }
-    non_empty("HOME").expect("neither LATHE_MODELS_DIR nor HOME is set").join(".cache").join("lathe").join("models")
-}
-
-fn minilm_dir() -> PathBuf {
-    let dir = models_dir().join("all-MiniLM-L6-v2");
-    assert!(
-        dir.join("model.safetensors").is_file() && dir.join("tokenizer.json").is_file(),
-        "{} does not hold all-MiniLM-L6-v2 (model.safetensors, tokenizer.json): run `cargo xtask fetch-models`, or set \
-         LATHE_MODELS_DIR to the folder that holds it",
-        dir.display()
-    );
-    dir
-}
 
 fn data(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(file)

@@ -3,32 +3,13 @@
 //! all-MiniLM-L6-v2 (found as tests/model.rs finds it), student initialisation and saving,
 //! AdamW, the schedule, clipping, and a short deterministic training run.
 
-use std::path::PathBuf;
-
 use lathe_config::{Config, Edit};
 use lathe_model::train::{AdamW, AdamWConfig, BertParams, Decay, ParamKind, Schedule, Tape, Weights, clip_grad_norm};
 use lathe_model::{Batch, BertModel, Error, Pooling, PoolingMode, SentenceEncoder};
 
-fn models_dir() -> PathBuf {
-    let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
-    if let Some(dir) = non_empty("LATHE_MODELS_DIR") {
-        return dir;
-    }
-    if let Some(cache) = non_empty("XDG_CACHE_HOME").filter(|cache| cache.is_absolute()) {
-        return cache.join("lathe").join("models");
-    }
-    non_empty("HOME").expect("neither LATHE_MODELS_DIR nor HOME is set").join(".cache").join("lathe").join("models")
-}
-
-fn minilm_dir() -> PathBuf {
-    let dir = models_dir().join("all-MiniLM-L6-v2");
-    assert!(
-        dir.join("model.safetensors").is_file() && dir.join("tokenizer.json").is_file(),
-        "{} does not hold all-MiniLM-L6-v2: run `cargo xtask fetch-models`, or set LATHE_MODELS_DIR",
-        dir.display()
-    );
-    dir
-}
+#[path = "../../../tests/support/models.rs"]
+mod models;
+use models::minilm_dir;
 
 /// SplitMix64, for test data.
 struct Rng(u64);

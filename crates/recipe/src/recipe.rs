@@ -56,6 +56,9 @@ pub struct CalibrationSpec {
 impl CalibrationSpec {
     fn load(&self) -> Result<CalibrationData> {
         let samples = self.samples.unwrap_or(DEFAULT_SAMPLES);
+        if samples == 0 {
+            return Err(bad("samples", "must be at least 1"));
+        }
         match &self.calibration {
             Some(path) => CalibrationData::from_file(path, samples),
             None => Ok(CalibrationData::shipped(samples)),
@@ -209,7 +212,12 @@ impl Step {
     }
 
     /// Runs the step from the folder `input` into the new folder `out`.
+    ///
+    /// # Errors
+    /// For options that do not make sense (checked before the folder is opened), and everything
+    /// the step itself reports.
     pub fn run(&self, input: &Path, out: &Path) -> Result<PathBuf> {
+        self.check()?;
         let source = Source::open(input)?;
         match self {
             Step::Shrink { keep_layers, keep_heads, keep_ffn } => {

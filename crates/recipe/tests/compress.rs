@@ -13,6 +13,10 @@ use lathe_recipe::compress::{
 use lathe_tensor::SafeTensors;
 use serde_json::Value;
 
+#[path = "../../../tests/support/models.rs"]
+mod models;
+use models::minilm_dir as minilm;
+
 fn golden(folder: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../quant/tests/data/compressed_tensors").join(folder)
 }
@@ -29,19 +33,6 @@ fn tiny_bert(dir: &Path) -> PathBuf {
     fs::copy(golden.join("reference_fp32.safetensors"), src.join("model.safetensors")).unwrap();
     fs::write(src.join("tokenizer.json"), "{}").unwrap();
     src
-}
-
-fn models_dir() -> PathBuf {
-    match std::env::var_os("LATHE_MODELS_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME or LATHE_MODELS_DIR")).join(".cache/lathe/models"),
-    }
-}
-
-fn minilm() -> PathBuf {
-    let dir = models_dir().join("all-MiniLM-L6-v2");
-    assert!(dir.join("model.safetensors").is_file(), "{} is missing: run `cargo xtask fetch-models`", dir.display());
-    dir
 }
 
 #[test]

@@ -10,18 +10,9 @@ use lathe_recipe::compress::Record;
 use lathe_recipe::data;
 use lathe_recipe::distill::{DistillOptions, distill};
 
-fn models_dir() -> PathBuf {
-    match std::env::var_os("LATHE_MODELS_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME or LATHE_MODELS_DIR")).join(".cache/lathe/models"),
-    }
-}
-
-fn minilm() -> PathBuf {
-    let dir = models_dir().join("all-MiniLM-L6-v2");
-    assert!(dir.join("model.safetensors").is_file(), "{} is missing: run `cargo xtask fetch-models`", dir.display());
-    dir
-}
+#[path = "../../../tests/support/models.rs"]
+mod models;
+use models::minilm_dir as minilm;
 
 /// Writes the first `n` sentences of `sentences` to `dir/name`, one per line.
 fn sentences_file(dir: &Path, name: &str, sentences: &[&str], n: usize) -> PathBuf {

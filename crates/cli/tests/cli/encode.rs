@@ -12,33 +12,13 @@ use std::process::{Command, Output, Stdio};
 use lathe_tensor::{Dtype, SafeTensors};
 use serde_json::Value;
 
+pub(crate) use crate::models::minilm_dir;
+
 const GOLDEN_SENTENCES: usize = 48;
 const HIDDEN: usize = 384;
 
 pub(crate) fn lathe(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lathe")).args(args).stdin(Stdio::null()).output().expect("the lathe binary runs")
-}
-
-fn models_dir() -> PathBuf {
-    let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
-    if let Some(dir) = non_empty("LATHE_MODELS_DIR") {
-        return dir;
-    }
-    if let Some(cache) = non_empty("XDG_CACHE_HOME").filter(|cache| cache.is_absolute()) {
-        return cache.join("lathe").join("models");
-    }
-    non_empty("HOME").expect("neither LATHE_MODELS_DIR nor HOME is set").join(".cache").join("lathe").join("models")
-}
-
-pub(crate) fn minilm_dir() -> PathBuf {
-    let dir = models_dir().join("all-MiniLM-L6-v2");
-    assert!(
-        dir.join("model.safetensors").is_file() && dir.join("tokenizer.json").is_file(),
-        "{} does not hold all-MiniLM-L6-v2 (model.safetensors, tokenizer.json): run `cargo xtask fetch-models`, or set \
-         LATHE_MODELS_DIR to the folder that holds it",
-        dir.display()
-    );
-    dir
 }
 
 pub(crate) fn golden_file(name: &str) -> PathBuf {

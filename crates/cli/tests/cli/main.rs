@@ -5,3 +5,5 @@
 mod compress;
 mod encode;
 mod inspect;
+#[path = "../../../../tests/support/models.rs"]
+mod models;

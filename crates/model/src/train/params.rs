@@ -9,6 +9,7 @@ use lathe_config::{Architecture, Config, Edit, Family, Role, Tensor, TensorKind}
 use lathe_tensor::{Checkpoint, Dtype, SafeTensorsWriter, TensorSpec};
 
 use super::math::Rng;
+use crate::bert::{self, Positions};
 use crate::error::io_error;
 use crate::{Error, Result};
 
@@ -182,33 +183,6 @@ impl Weights {
     }
 }
 
-/// Where a token's position-embedding row comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Positions {
-    /// BERT, DistilBERT: the position in the padded sequence.
-    Absolute,
-    /// RoBERTa, XLM-R: `padding_idx + 1 +` the count of real tokens before, `padding_idx` for
-    /// padding (transformers' `create_position_ids_from_input_ids`).
-    AfterPadding(usize),
-}
-
-/// Task heads that may sit beside an encoder's weights in a checkpoint without a prefix; they
-/// are neither trained nor written back.
-const TASK_HEADS: [&str; 8] = [
-    "cls.",
-    "classifier.",
-    "pre_classifier.",
-    "qa_outputs.",
-    "lm_head.",
-    "vocab_transform.",
-    "vocab_layer_norm.",
-    "vocab_projector.",
-];
-
-fn is_task_head(name: &str, prefix: &str) -> bool {
-    if prefix.is_empty() { TASK_HEADS.iter().any(|head| name.starts_with(head)) } else { !name.starts_with(prefix) }
-}
-
 /// All trainable weights of a BERT-family encoder (BERT, RoBERTa, XLM-R, DistilBERT with the
 /// exact erf GELU) as f32 vectors, with the config and tensor names they came from.
 ///
@@ -310,15 +284,11 @@ impl BertParams {
     ) -> Result<BertParams> {
         let unsupported = |message: String| Error::Unsupported { file: config.path().to_path_buf(), message };
         let family = config.family();
-        let positions = match family {
-            Family::Bert | Family::DistilBert => Positions::Absolute,
-            Family::Roberta | Family::XlmRoberta => Positions::AfterPadding(config.pad_token_id().unwrap_or(1)),
-            other => {
-                return Err(unsupported(format!(
-                    "model_type `{other}` is not a BERT-family encoder (training supports bert, roberta, xlm-roberta \
-                     and distilbert)"
-                )));
-            }
+        let Some(positions) = Positions::of(&config) else {
+            return Err(unsupported(format!(
+                "model_type `{family}` is not a BERT-family encoder (training supports bert, roberta, xlm-roberta \
+                 and distilbert)"
+            )));
         };
         let activation_key = if family == Family::DistilBert { "activation" } else { "hidden_act" };
         if let Some(value) = config.json().get(activation_key)
@@ -410,11 +380,7 @@ impl BertParams {
                 output_norm,
             });
         }
-        let offset = match positions {
-            Positions::Absolute => 0,
-            Positions::AfterPadding(pad) => pad.saturating_add(1),
-        };
-        let max_seq_len = position.shape[0].saturating_sub(offset);
+        let max_seq_len = position.shape[0].saturating_sub(positions.offset());
         let weights = Weights { word_embeddings, position_embeddings, token_type_embeddings, embedding_norm, layers };
         Ok(BertParams { eps: config.norm_eps(), config, architecture, specs, weights, frozen, positions, max_seq_len })
     }
@@ -513,19 +479,11 @@ fn open_folder(dir: &Path) -> Result<(Config, Checkpoint)> {
     Ok((config, checkpoint))
 }
 
-/// The checkpoint's description, validated (task heads aside), as lathe-model's loader does.
+/// The checkpoint's description, validated (task heads aside) as lathe-model's loader does.
 fn checked_architecture(config: &Config, checkpoint: &Checkpoint) -> Result<Architecture> {
-    let checkpoint_file = match checkpoint.shards().next() {
-        Some((path, _)) => path.to_path_buf(),
-        None => PathBuf::new(),
-    };
-    let in_checkpoint = |source| Error::Checkpoint { file: checkpoint_file.clone(), source };
     let names: Vec<(String, Vec<usize>)> =
         checkpoint.tensors().map(|(_, info)| (info.name.clone(), info.shape.clone())).collect();
-    let architecture = Architecture::detect(config, names.iter().map(|(name, _)| name)).map_err(in_checkpoint)?;
-    let body = names.iter().filter(|(name, _)| !is_task_head(name, architecture.prefix()));
-    architecture.validate(body.map(|(name, shape)| (name, shape))).map_err(in_checkpoint)?;
-    Ok(architecture)
+    bert::checked_architecture(config, &names, &bert::checkpoint_file(checkpoint))
 }
 
 /// The rows and columns of `values` (stored `shape`, 1-D or 2-D) that a tensor edit keeps.

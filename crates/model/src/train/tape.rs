@@ -4,7 +4,7 @@ use super::math::{
     add_column_sums, add_into, gelu_and_derivative, layer_norm_backward, layer_norm_forward, masked_softmax, matmul_nn,
     matmul_nt, matmul_tn,
 };
-use super::params::{BertParams, LayerWeights, LinearWeights, Positions, Weights};
+use super::params::{BertParams, LayerWeights, LinearWeights, Weights};
 use crate::{Batch, Error, Pooling, PoolingMode, Result};
 
 /// What one layer's backward needs from its forward.
@@ -139,17 +139,7 @@ impl BertParams {
         let mask = batch.mask().to_vec();
         let mut position_rows = Vec::with_capacity(rows);
         for sequence_mask in mask.chunks_exact(seq_len.max(1)) {
-            let mut real_before = 0;
-            for (position, &real) in sequence_mask.iter().enumerate() {
-                position_rows.push(match self.positions {
-                    Positions::Absolute => position,
-                    Positions::AfterPadding(pad) if real => {
-                        real_before += 1;
-                        pad + real_before
-                    }
-                    Positions::AfterPadding(pad) => pad,
-                });
-            }
+            position_rows.extend(self.positions.rows(sequence_mask));
         }
 
         let weights = &self.weights;
