@@ -461,9 +461,18 @@ impl BertModel {
                 let spec =
                     layer.linears.iter().find(|linear| linear.role == role).expect("encoders describe six linears");
                 let bias = spec.bias.as_deref().map(load).transpose()?;
+                let smoothing = |linear: Result<Linear>| -> Result<Linear> {
+                    match stored.smoothing(checkpoint, &spec.weight, spec.in_features)? {
+                        Some(factors) => linear?.smoothed(&factors).map_err(|error| Error::Invalid {
+                            file: checkpoint_file.clone(),
+                            message: format!("tensor `{}`: {error}", spec.weight),
+                        }),
+                        None => linear,
+                    }
+                };
                 match stored.load(checkpoint, &spec.weight, spec.out_features, spec.in_features)? {
-                    Some((matrix, Inputs::Quantized)) => Linear::quantized(matrix, bias),
-                    Some((matrix, Inputs::F32)) => Linear::weight_only(matrix, bias),
+                    Some((matrix, Inputs::Quantized)) => smoothing(Linear::quantized(matrix, bias)),
+                    Some((matrix, Inputs::F32)) => smoothing(Linear::weight_only(matrix, bias)),
                     None => {
                         let weights = load(&spec.weight)?;
                         if let Some(index) = weights.iter().position(|w| !w.is_finite()) {

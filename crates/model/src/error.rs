@@ -57,6 +57,9 @@ pub enum Error {
     #[error("linear {what}: {found} values where {expected} are needed")]
     LinearSize { what: &'static str, expected: usize, found: usize },
 
+    #[error("smoothing: {0}")]
+    BadSmoothing(String),
+
     #[error("the model has no {role} linear in layer {layer} (it has {layers} layers)")]
     NoLinear { layer: usize, role: &'static str, layers: usize },
 

@@ -34,6 +34,9 @@ pub struct Linear {
     out_features: usize,
     in_features: usize,
     bias: Option<Vec<f32>>,
+    /// SmoothQuant's per-input-channel factors `1/s`, applied to the input before the kernel
+    /// (the stored weights have their columns multiplied by `s`).
+    input_scale: Option<Vec<f32>>,
     kernel: Kernel,
 }
 
@@ -106,7 +109,7 @@ impl Linear {
             return Err(Error::LinearSize { what: "weights", expected, found: weights.len() });
         }
         check_bias(bias.as_ref(), out_features)?;
-        Ok(Linear { out_features, in_features, bias, kernel: Kernel::Dense(weights) })
+        Ok(Linear { out_features, in_features, bias, input_scale: None, kernel: Kernel::Dense(weights) })
     }
 
     /// A quantized linear from a [`QuantizedMatrix`] (its rows are the outputs) and an optional
@@ -116,7 +119,13 @@ impl Linear {
     /// [`Error::LinearSize`] when the bias length differs from the matrix rows.
     pub fn quantized(matrix: QuantizedMatrix, bias: Option<Vec<f32>>) -> Result<Linear> {
         check_bias(bias.as_ref(), matrix.rows())?;
-        Ok(Linear { out_features: matrix.rows(), in_features: matrix.cols(), bias, kernel: Kernel::Quantized(matrix) })
+        Ok(Linear {
+            out_features: matrix.rows(),
+            in_features: matrix.cols(),
+            bias,
+            input_scale: None,
+            kernel: Kernel::Quantized(matrix),
+        })
     }
 
     /// A quantized linear whose activations stay f32 (weight-only quantization: the weights are
@@ -126,7 +135,44 @@ impl Linear {
     /// [`Error::LinearSize`] when the bias length differs from the matrix rows.
     pub fn weight_only(matrix: QuantizedMatrix, bias: Option<Vec<f32>>) -> Result<Linear> {
         check_bias(bias.as_ref(), matrix.rows())?;
-        Ok(Linear { out_features: matrix.rows(), in_features: matrix.cols(), bias, kernel: Kernel::WeightOnly(matrix) })
+        Ok(Linear {
+            out_features: matrix.rows(),
+            in_features: matrix.cols(),
+            bias,
+            input_scale: None,
+            kernel: Kernel::WeightOnly(matrix),
+        })
+    }
+
+    /// The same linear with SmoothQuant's smoothing: its stored (quantized) weights have column
+    /// `j` multiplied by `s[j]`, so the input's channel `j` is divided by `s[j]` before the
+    /// product (`x W^T = (x / s)(W s)^T`). Moves activation outliers into the weights, where
+    /// per-channel weight scales absorb them.
+    ///
+    /// # Errors
+    /// [`Error::LinearSize`] when `s` is not one factor per input feature, and
+    /// [`Error::BadSmoothing`] for a factor that is not finite and positive or a linear whose
+    /// weights are not quantized.
+    pub fn smoothed(mut self, s: &[f32]) -> Result<Linear> {
+        if s.len() != self.in_features {
+            return Err(Error::LinearSize { what: "smoothing factors", expected: self.in_features, found: s.len() });
+        }
+        if let Some(index) = s.iter().position(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(Error::BadSmoothing(format!(
+                "factor {index} is {}: factors must be finite and positive",
+                s[index]
+            )));
+        }
+        if !matches!(self.kernel, Kernel::Quantized(_) | Kernel::WeightOnly(_)) {
+            return Err(Error::BadSmoothing(format!("a {} linear: only quantized linears are smoothed", self.kind())));
+        }
+        self.input_scale = Some(s.iter().map(|s| 1.0 / s).collect());
+        Ok(self)
+    }
+
+    /// SmoothQuant's factors `s` when the linear is [`smoothed`](Self::smoothed).
+    pub fn smoothing(&self) -> Option<Vec<f32>> {
+        self.input_scale.as_ref().map(|inverse| inverse.iter().map(|v| 1.0 / v).collect())
     }
 
     /// A linear over CSR weights.
@@ -135,7 +181,13 @@ impl Linear {
     /// [`Error::LinearSize`] when the bias length differs from the matrix rows.
     pub fn csr(matrix: CsrMatrix, bias: Option<Vec<f32>>) -> Result<Linear> {
         check_bias(bias.as_ref(), matrix.rows())?;
-        Ok(Linear { out_features: matrix.rows(), in_features: matrix.cols(), bias, kernel: Kernel::Csr(matrix) })
+        Ok(Linear {
+            out_features: matrix.rows(),
+            in_features: matrix.cols(),
+            bias,
+            input_scale: None,
+            kernel: Kernel::Csr(matrix),
+        })
     }
 
     /// A linear over N:M sparse weights.
@@ -144,7 +196,13 @@ impl Linear {
     /// [`Error::LinearSize`] when the bias length differs from the matrix rows.
     pub fn n_m(matrix: NmMatrix, bias: Option<Vec<f32>>) -> Result<Linear> {
         check_bias(bias.as_ref(), matrix.rows())?;
-        Ok(Linear { out_features: matrix.rows(), in_features: matrix.cols(), bias, kernel: Kernel::Nm(matrix) })
+        Ok(Linear {
+            out_features: matrix.rows(),
+            in_features: matrix.cols(),
+            bias,
+            input_scale: None,
+            kernel: Kernel::Nm(matrix),
+        })
     }
 
     /// A linear over f32 weights that runs on whichever kernel lathe-sparse's rule
@@ -242,6 +300,11 @@ impl Linear {
             Kernel::Quantized(matrix) | Kernel::WeightOnly(matrix) => {
                 let mut weights = vec![0.0; self.out_features * self.in_features];
                 matrix.dequantize(&mut weights);
+                if let Some(inverse) = &self.input_scale {
+                    for row in weights.chunks_exact_mut(self.in_features) {
+                        row.iter_mut().zip(inverse).for_each(|(w, v)| *w *= v);
+                    }
+                }
                 weights
             }
             Kernel::Csr(matrix) => matrix.to_dense(),
@@ -255,6 +318,18 @@ impl Linear {
     /// # Panics
     /// If `x` or `y` do not hold `n_tokens` rows of the right width.
     pub fn forward(&self, x: &[f32], n_tokens: usize, y: &mut [f32]) {
+        let scaled: Vec<f32>;
+        let x = match &self.input_scale {
+            Some(inverse) => {
+                assert_eq!(x.len(), n_tokens * self.in_features, "input of {n_tokens} rows of {}", self.in_features);
+                scaled = x
+                    .chunks_exact(self.in_features)
+                    .flat_map(|row| row.iter().zip(inverse).map(|(x, v)| x * v))
+                    .collect();
+                &scaled[..]
+            }
+            None => x,
+        };
         match &self.kernel {
             Kernel::Dense(weights) => lathe_quant::dense::linear(
                 x,
@@ -309,6 +384,51 @@ mod tests {
                 (state as f32 / u32::MAX as f32) * 2.0 - 1.0
             })
             .collect()
+    }
+
+    #[test]
+    fn a_smoothed_linear_computes_what_its_unsmoothed_weights_do() {
+        let (rows, cols, tokens) = (8, 64, 3);
+        let weights = values(rows * cols, 1);
+        let x: Vec<f32> = values(tokens * cols, 2)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i % cols == 5 { v * 40.0 } else { *v })
+            .collect();
+        let s: Vec<f32> = (0..cols).map(|j| if j == 5 { 8.0 } else { 0.5 + (j % 3) as f32 * 0.25 }).collect();
+        let scaled: Vec<f32> = weights.chunks(cols).flat_map(|row| row.iter().zip(&s).map(|(w, s)| w * s)).collect();
+        let scheme: Scheme = "int8-channel".parse().unwrap();
+        let smoothed = Linear::quantized(QuantizedMatrix::quantize(&scaled, rows, cols, scheme).unwrap(), None)
+            .unwrap()
+            .smoothed(&s)
+            .unwrap();
+        assert_eq!(smoothed.smoothing().unwrap().len(), cols);
+        let dense = Linear::dense(weights.clone(), rows, cols, None).unwrap();
+        let (mut want, mut got) = (vec![0.0; tokens * rows], vec![0.0; tokens * rows]);
+        dense.forward(&x, tokens, &mut want);
+        smoothed.forward(&x, tokens, &mut got);
+        // Against plain W8A8 on the same weights: the outlier channel no longer sets every
+        // token's activation scale, so the error drops.
+        let plain = Linear::quantized(QuantizedMatrix::quantize(&weights, rows, cols, scheme).unwrap(), None).unwrap();
+        let mut unsmoothed = vec![0.0; tokens * rows];
+        plain.forward(&x, tokens, &mut unsmoothed);
+        let error = |y: &[f32]| want.iter().zip(y).map(|(w, y)| (w - y).abs()).fold(0.0f32, f32::max);
+        assert!(error(&got) < 0.5 * error(&unsmoothed), "{} vs {}", error(&got), error(&unsmoothed));
+        // The effective weights: the rounding of W s, divided back by s.
+        for (i, (w, g)) in weights.iter().zip(smoothed.weights_f32()).enumerate() {
+            let row = &scaled[i / cols * cols..][..cols];
+            let step = row.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+            assert!((w - g).abs() <= step / 2.0 / s[i % cols] + 1e-6, "{i}: {w} vs {g}");
+        }
+
+        let err = Linear::dense(weights.clone(), rows, cols, None).unwrap().smoothed(&s).unwrap_err();
+        assert!(err.to_string().contains("dense f32"), "{err}");
+        let quantized =
+            || Linear::quantized(QuantizedMatrix::quantize(&scaled, rows, cols, scheme).unwrap(), None).unwrap();
+        let mut bad = s.clone();
+        bad[3] = 0.0;
+        assert!(quantized().smoothed(&bad).unwrap_err().to_string().contains("factor 3"));
+        assert!(matches!(quantized().smoothed(&s[1..]), Err(Error::LinearSize { .. })));
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub(crate) struct Stored {
     inputs: Option<Inputs>,
 }
 
+/// The tensor beside a quantized linear's weights that holds its SmoothQuant factors.
+pub(crate) const SMOOTHING_SUFFIX: &str = ".smooth_scale";
+
 fn invalid(file: &Path, message: String) -> Error {
     Error::Invalid { file: file.to_path_buf(), message }
 }
@@ -141,9 +144,15 @@ impl Stored {
                     tensors.push((format!("{module}.weight"), dims));
                     continue;
                 }
-                if [".weight_packed", ".weight_scale", ".weight_zero_point"].iter().any(|s| name.ends_with(s)) {
+                if [".weight_packed", ".weight_scale", ".weight_zero_point", SMOOTHING_SUFFIX]
+                    .iter()
+                    .any(|s| name.ends_with(s))
+                {
                     continue;
                 }
+            }
+            if !self.ggml.is_empty() && name.ends_with(SMOOTHING_SUFFIX) {
+                continue;
             }
             if let Some(scheme) = self.ggml.get(name) {
                 let block_bytes = scheme.bytes(1, 32)? as usize;
@@ -166,6 +175,21 @@ impl Stored {
             tensors.push((name.to_owned(), info.shape.clone()));
         }
         Ok(tensors)
+    }
+
+    /// SmoothQuant's factors of the quantized linear whose weight is `name` (`cols` of them),
+    /// when the folder stores them as `<module>.smooth_scale` (see docs/formats.md).
+    pub(crate) fn smoothing(&self, checkpoint: &Checkpoint, name: &str, cols: usize) -> Result<Option<Vec<f32>>> {
+        let module = name.strip_suffix(".weight").unwrap_or(name);
+        let factors_name = format!("{module}{SMOOTHING_SUFFIX}");
+        let Ok(view) = checkpoint.tensor(&factors_name) else { return Ok(None) };
+        if view.dtype() != Dtype::F32 || view.shape() != [cols] {
+            return Err(invalid(
+                Path::new(name),
+                format!("`{factors_name}` must be F32 [{cols}], found {} {:?}", view.dtype(), view.shape()),
+            ));
+        }
+        Ok(Some(view.to_f32()?))
     }
 
     /// The quantized weights of the linear whose weight is `name` (`[rows, cols]`), and what it

@@ -30,7 +30,10 @@ pub const DEFAULT_SUITE: &[&str] = &[
     "name = \"wanda 2:4\"\n[[steps]]\nstep = \"prune\"\nmethod = \"wanda\"\npattern = \"2:4\"\nsamples = 128\n",
     "name = \"magnitude 90%\"\n[[steps]]\nstep = \"prune\"\nmethod = \"magnitude\"\nsparsity = 0.9\n",
     "name = \"shrink 3 layers\"\n[[steps]]\nstep = \"shrink\"\nkeep_layers = [0, 2, 4]\n",
+    "name = \"distill 3 layers\"\n[[steps]]\nstep = \"distill\"\nkeep_layers = [0, 2, 4]\nmax_minutes = 3.0\n",
     "name = \"wanda 50% + int8\"\n[[steps]]\nstep = \"prune\"\nmethod = \"wanda\"\nsparsity = 0.5\nsamples = 128\n\n\
+     [[steps]]\nstep = \"quantize\"\nscheme = \"int8-channel\"\n",
+    "name = \"distill 3 layers + int8\"\n[[steps]]\nstep = \"distill\"\nkeep_layers = [0, 2, 4]\nmax_minutes = 3.0\n\n\
      [[steps]]\nstep = \"quantize\"\nscheme = \"int8-channel\"\n",
 ];
 
@@ -208,6 +211,7 @@ pub fn compare(model: &Path, report_dir: &Path, options: &CompareOptions) -> Res
         machine: report::machine_description(),
         eval_set: EvalSet { name: eval_name, n_sentences: sentences.len(), sha256 },
         rows,
+        latency_sentences: Some(latency_sentences.min(sentences.len())),
     };
     report.fill_ratios()?;
     report::write_report(report_dir, &report)?;

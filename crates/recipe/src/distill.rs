@@ -39,7 +39,6 @@
 //! that fit. Without one, a seed fixes the result bit for bit.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -51,6 +50,7 @@ use serde_json::{Value, json};
 
 use crate::compress::{Calibration, RECORD_FILE, Record, Source, Staging, StepRecord};
 use crate::eval::{Fidelity, fidelity};
+use crate::progress::Progress;
 use crate::{Error, Result};
 
 /// Steps that time the run when a budget is set: they take learning rate 0.
@@ -164,7 +164,7 @@ impl DistillOptions {
         })
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let bad = |option: &str, message: String| Err(Error::BadOption { option: option.into(), message });
         if self.batch_size == 0 {
             return bad("batch-size", "must be at least 1".into());
@@ -565,15 +565,12 @@ fn loss_and_seeds(
     Ok((loss, seeds))
 }
 
-/// The progress line on stderr.
-fn progress(step: u64, total: u64, epoch: f64, running: f64, loss: &StepLoss, lr: f32, elapsed: Duration) {
-    let per_step = elapsed.as_secs_f64() / step.max(1) as f64;
-    let left = per_step * total.saturating_sub(step) as f64;
-    eprint!(
-        "\rstep {step}/{total}  epoch {epoch:.2}  loss {running:.4} (cos {:.4} mse {:.4} attn {:.4})  lr {lr:.2e}  {:.0} s left   ",
-        loss.cosine, loss.mse, loss.attention, left
-    );
-    let _ = std::io::stderr().flush();
+/// The progress bar's status: the running loss and its parts, the learning rate.
+fn status(epoch: f64, running: f64, loss: &StepLoss, lr: f32) -> String {
+    format!(
+        "epoch {epoch:.2} loss {running:.4} (cos {:.4} mse {:.4} attn {:.4}) lr {lr:.2e}",
+        loss.cosine, loss.mse, loss.attention
+    )
 }
 
 /// Distills the model in `teacher_dir` into a student of its kept layers, written to `out` as a
@@ -669,6 +666,7 @@ pub fn distill(teacher_dir: &Path, out: &Path, options: &DistillOptions) -> Resu
     let (mut timing_slots, mut timing_seconds) = (0usize, 0.0f64);
 
     let train_start = Instant::now();
+    let mut bar = Progress::new("distill", if total == u64::MAX { TIMING_STEPS } else { total }, options.progress);
     let mut step = 0u64;
     while step < total {
         let sentences = match batches.next() {
@@ -712,17 +710,15 @@ pub fn distill(teacher_dir: &Path, out: &Path, options: &DistillOptions) -> Resu
                 let fit = (left.as_secs_f64() / per_step.max(1e-9)).floor() as u64;
                 total = total.min(TIMING_STEPS + fit).max(TIMING_STEPS);
                 schedule = Schedule::with_warmup_fraction(options.lr, options.warmup, total, Decay::Linear);
+                bar.set_length(total);
             }
         }
-        if options.progress {
+        bar.set(step, || {
             let running = mean(&losses[losses.len().saturating_sub(RUNNING_WINDOW)..]);
-            let epoch = step as f64 / steps_per_epoch as f64;
-            progress(step, total, epoch, running, &loss, lr, train_start.elapsed());
-        }
+            status(step as f64 / steps_per_epoch as f64, running, &loss, lr)
+        });
     }
-    if options.progress {
-        eprintln!();
-    }
+    bar.finish();
     let train_seconds = train_start.elapsed().as_secs_f64();
     drop(targets);
 

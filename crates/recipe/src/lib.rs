@@ -29,6 +29,7 @@ pub mod data;
 pub mod distill;
 mod error;
 pub mod eval;
+mod progress;
 pub mod recipe;
 pub mod report;
 

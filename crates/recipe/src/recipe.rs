@@ -1,5 +1,6 @@
 //! Recipes: ordered compression steps written in TOML, applied to a model folder. Each step is
-//! one of the compression commands with the same options as its command line; the output is a
+//! one of the commands `shrink`, `distill`, `prune` and `quantize`, with the same options as its
+//! command line (dashes become underscores: `keep_layers`, `max_minutes`); the output is a
 //! complete model folder whose `lathe.json` lists every step.
 //!
 //! ```toml
@@ -25,6 +26,7 @@ use crate::compress::{
     self, ActivationMode, CalibrationData, PruneMethod, PruneOptions, QuantizeMethod, QuantizeOptions, Scope,
     ShrinkOptions, Source,
 };
+use crate::distill::{DistillOptions, distill};
 use crate::{Error, Result};
 
 /// Default number of calibration sentences for calibrated steps.
@@ -102,6 +104,51 @@ pub enum Step {
         #[serde(flatten)]
         data: CalibrationSpec,
     },
+    /// `lathe distill`: the input folder is the teacher; the output is the trained student.
+    Distill {
+        /// `--keep-layers`.
+        #[serde(default)]
+        keep_layers: Option<Vec<usize>>,
+        /// `--corpus`.
+        #[serde(default)]
+        corpus: Option<PathBuf>,
+        /// `--eval` (the sentences measured before and after training).
+        #[serde(default)]
+        eval: Option<PathBuf>,
+        /// `--max-minutes`.
+        #[serde(default)]
+        max_minutes: Option<f64>,
+        /// `--epochs`.
+        #[serde(default)]
+        epochs: Option<f64>,
+        /// `--max-steps`.
+        #[serde(default)]
+        max_steps: Option<u64>,
+        /// `--lr`.
+        #[serde(default)]
+        lr: Option<f32>,
+        /// `--batch-size`.
+        #[serde(default)]
+        batch_size: Option<usize>,
+        /// `--temperature`.
+        #[serde(default)]
+        temperature: Option<f32>,
+        /// `--alpha-cos`.
+        #[serde(default)]
+        alpha_cos: Option<f32>,
+        /// `--alpha-mse`.
+        #[serde(default)]
+        alpha_mse: Option<f32>,
+        /// `--alpha-attn`.
+        #[serde(default)]
+        alpha_attn: Option<f32>,
+        /// `--train-word-embeddings`.
+        #[serde(default)]
+        train_word_embeddings: Option<bool>,
+        /// `--seed`.
+        #[serde(default)]
+        seed: Option<u64>,
+    },
     /// `lathe quantize`.
     Quantize {
         /// `--scheme`.
@@ -133,8 +180,50 @@ impl Step {
     fn check(&self) -> Result<()> {
         match self {
             Step::Shrink { .. } => Ok(()),
+            Step::Distill { .. } => self.distill_options().check(),
             Step::Prune { .. } => self.prune_options().map(drop),
             Step::Quantize { .. } => self.quantize_options().map(drop),
+        }
+    }
+
+    fn distill_options(&self) -> DistillOptions {
+        let Step::Distill {
+            keep_layers,
+            corpus,
+            eval,
+            max_minutes,
+            epochs,
+            max_steps,
+            lr,
+            batch_size,
+            temperature,
+            alpha_cos,
+            alpha_mse,
+            alpha_attn,
+            train_word_embeddings,
+            seed,
+        } = self
+        else {
+            unreachable!("a distill step")
+        };
+        let defaults = DistillOptions::default();
+        DistillOptions {
+            keep_layers: keep_layers.clone(),
+            corpus: corpus.clone(),
+            eval: eval.clone(),
+            max_minutes: *max_minutes,
+            epochs: *epochs,
+            max_steps: *max_steps,
+            lr: lr.unwrap_or(defaults.lr),
+            batch_size: batch_size.unwrap_or(defaults.batch_size),
+            temperature: temperature.unwrap_or(defaults.temperature),
+            alpha_cos: alpha_cos.unwrap_or(defaults.alpha_cos),
+            alpha_mse: alpha_mse.unwrap_or(defaults.alpha_mse),
+            alpha_attn: alpha_attn.unwrap_or(defaults.alpha_attn),
+            train_word_embeddings: train_word_embeddings.unwrap_or(defaults.train_word_embeddings),
+            seed: seed.unwrap_or(defaults.seed),
+            progress: true,
+            ..defaults
         }
     }
 
@@ -189,6 +278,22 @@ impl Step {
                 }
                 words.join(" ")
             }
+            Step::Distill { keep_layers, max_minutes, epochs, lr, .. } => {
+                let mut words = vec!["distill".to_owned()];
+                if let Some(layers) = keep_layers {
+                    words.push(format!("layers {layers:?}"));
+                }
+                if let Some(minutes) = max_minutes {
+                    words.push(format!("{minutes} min"));
+                }
+                if let Some(epochs) = epochs {
+                    words.push(format!("{epochs} epochs"));
+                }
+                if let Some(lr) = lr {
+                    words.push(format!("lr {lr}"));
+                }
+                words.join(" ")
+            }
             Step::Prune { method, sparsity, pattern, .. } => match (pattern, sparsity) {
                 (Some(pattern), _) => format!("prune {method} {pattern}"),
                 (None, Some(sparsity)) => format!("prune {method} {:.0}%", sparsity * 100.0),
@@ -218,8 +323,12 @@ impl Step {
     /// the step itself reports.
     pub fn run(&self, input: &Path, out: &Path) -> Result<PathBuf> {
         self.check()?;
+        if let Step::Distill { .. } = self {
+            return distill(input, out, &self.distill_options()).map(|report| report.out);
+        }
         let source = Source::open(input)?;
         match self {
+            Step::Distill { .. } => unreachable!("distill steps ran above"),
             Step::Shrink { keep_layers, keep_heads, keep_ffn } => {
                 let options =
                     ShrinkOptions { keep_layers: keep_layers.clone(), keep_heads: *keep_heads, keep_ffn: *keep_ffn };
@@ -315,6 +424,16 @@ mod tests {
         let (quantize, smooth) = recipe.steps[1].quantize_options().unwrap();
         assert_eq!((quantize.keep_f32, smooth), (vec![Role::FfnOut], None));
 
+        let recipe = Recipe::from_toml(
+            "[[steps]]\nstep = \"distill\"\nkeep_layers = [0, 3]\nmax_minutes = 2.5\nlr = 5e-4\n",
+            "inline",
+        )
+        .unwrap();
+        let options = recipe.steps[0].distill_options();
+        assert_eq!(options.keep_layers, Some(vec![0, 3]));
+        assert_eq!((options.max_minutes, options.lr, options.batch_size), (Some(2.5), 5e-4, 32));
+        assert_eq!(recipe.steps[0].describe(), "distill layers [0, 3] 2.5 min lr 0.0005");
+
         for (text, expected) in [
             ("[[steps]]\nstep = \"prune\"\nmethod = \"wanda\"\n", "sparsity"),
             ("[[steps]]\nstep = \"prune\"\nmethod = \"best\"\nsparsity = 0.5\n", "best"),
@@ -322,6 +441,9 @@ mod tests {
             ("[[steps]]\nstep = \"quantize\"\nscheme = \"q4_0\"\nkeep_f32 = [\"ffn\"]\n", "ffn"),
             ("[[steps]]\nstep = \"squeeze\"\n", "squeeze"),
             ("[[steps]]\nstep = \"shrink\"\nkeep_layer = [1]\n", "keep_layer"),
+            ("[[steps]]\nstep = \"distill\"\nlr = -1.0\n", "lr"),
+            ("[[steps]]\nstep = \"distill\"\nmax_minutes = 0.0\n", "max-minutes"),
+            ("[[steps]]\nstep = \"distill\"\nlearning_rate = 0.1\n", "learning_rate"),
             ("name = \"empty\"\nsteps = []\n", "at least one step"),
         ] {
             let err = Recipe::from_toml(text, "r.toml").unwrap_err().to_string();

@@ -45,6 +45,7 @@ fn minilm() -> Report {
         machine: report::machine_description(),
         eval_set: EvalSet { name: "lathe eval".to_owned(), n_sentences: 280, sha256: "ab".repeat(32) },
         rows,
+        latency_sentences: None,
     };
     report.fill_ratios().unwrap();
     report

@@ -3,6 +3,7 @@
 //! the golden transformers outputs, and every command's handling of bad input.
 
 mod compress;
+mod distill;
 mod encode;
 mod inspect;
 #[path = "../../../../tests/support/models.rs"]

@@ -18,6 +18,7 @@ use serde_json::json;
 use super::prune::{PruneMethod, PruneOptions, write_pruned};
 use super::quantize::{Precomputed, QuantizeMethod, QuantizeOptions, quantize_with};
 use super::{Calibration, Source};
+use crate::progress::Progress;
 use crate::{Error, Result};
 
 /// Sentences to calibrate on, and where they came from.
@@ -92,11 +93,14 @@ impl Calibrator {
     /// `compress` replace its linears, then moves the hidden states through the new layer.
     fn run(
         &mut self,
+        label: &str,
         hessians: bool,
         mut compress: impl FnMut(usize, &LayerInputs, &mut BertModel) -> Result<()>,
     ) -> Result<()> {
         let model = self.encoder.model_mut();
+        let mut bar = Progress::new(label, model.num_layers() as u64, true);
         for layer in 0..model.num_layers() {
+            bar.set(layer as u64, || format!("layer {layer}"));
             let mut stats: LayerInputs = HashMap::new();
             let mut failure = None;
             for hidden in &self.hidden {
@@ -127,6 +131,8 @@ impl Calibrator {
                 model.layer(layer, hidden);
             }
         }
+        bar.set(model.num_layers() as u64, || "done".to_owned());
+        bar.finish();
         Ok(())
     }
 }
@@ -160,7 +166,7 @@ pub fn prune_calibrated(
     let mut calibrator = Calibrator::new(source, data)?;
     let mut new_weights: HashMap<String, Vec<f32>> = HashMap::new();
     let hessians = options.method == PruneMethod::SparseGpt;
-    calibrator.run(hessians, |layer, stats, model| {
+    calibrator.run(options.method.name(), hessians, |layer, stats, model| {
         for role in LAYER_ROLES {
             let linear = model.linear(layer, role).expect("every BERT layer has six linears");
             let (rows, cols) = (linear.out_features(), linear.in_features());
@@ -211,8 +217,11 @@ pub fn prune_calibrated(
 
 /// Quantizes with GPTQ and/or SmoothQuant smoothing (`smooth` = alpha), calibrated on `data`,
 /// into the new folder `out`. Smoothing moves per-channel activation scale into the weights of
-/// the linears that follow a LayerNorm (query, key and value after the previous layer's output
-/// norm, FFN-in after the attention norm), folding `1/s` into that LayerNorm's weight and bias.
+/// every quantized linear: column `j` of the weights is multiplied by `s_j = max|x_j|^alpha /
+/// max|W_j|^(1-alpha)` before rounding, and `s` is stored beside the weights
+/// (`<module>.smooth_scale`) for the loader to divide the input by. SmoothQuant's paper folds
+/// `1/s` into the LayerNorm before instead, which only works where that LayerNorm feeds nothing
+/// else: in BERT's post-LN layers its output is also the residual stream.
 ///
 /// # Errors
 /// As [`quantize`](super::quantize), plus [`Error::BadOption`] for GPTQ on a scheme it has no
@@ -237,61 +246,20 @@ pub fn quantize_calibrated(
     }
     let mut calibrator = Calibrator::new(source, data)?;
     let mut precomputed = Precomputed::default();
-    let layers = source.architecture.layers().to_vec();
-    let norm_before = |layer: usize, role: Role| -> Option<(String, String)> {
-        let names = |tensors: &[lathe_config::Tensor]| (tensors[0].name.clone(), tensors[1].name.clone());
-        match role {
-            Role::Query | Role::Key | Role::Value if layer == 0 => {
-                let norms: Vec<lathe_config::Tensor> = source
-                    .architecture
-                    .others()
-                    .iter()
-                    .filter(|t| t.kind == lathe_config::TensorKind::Norm)
-                    .cloned()
-                    .collect();
-                (norms.len() == 2).then(|| names(&norms))
-            }
-            Role::Query | Role::Key | Role::Value => Some(names(&layers[layer - 1].norms[2..4])),
-            Role::FfnIn => Some(names(&layers[layer].norms[0..2])),
-            _ => None,
-        }
-    };
-    let mut values = HashMap::new();
-    calibrator.run(gptq, |layer, stats, model| {
-        // Smoothing scales per input (shared by query, key and value).
+    calibrator.run(if gptq { "gptq" } else { "smoothquant" }, gptq, |layer, stats, model| {
+        // Smoothing factors per linear, from its input's per-channel maxima and its weights'.
         let mut scales: HashMap<Role, Vec<f32>> = HashMap::new();
         if let Some(alpha) = smooth {
-            for input in [Role::Query, Role::FfnIn] {
-                let roles: &[Role] =
-                    if input == Role::Query { &[Role::Query, Role::Key, Role::Value] } else { &[Role::FfnIn] };
-                let roles: Vec<Role> = roles.iter().copied().filter(|r| !options.keep_f32.contains(r)).collect();
-                let Some((norm_weight, norm_bias)) = norm_before(layer, input) else { continue };
-                if roles.is_empty() {
-                    continue;
-                }
-                let mut weight_max = vec![0.0f32; stats[&input].in_features()];
-                for &role in &roles {
-                    let linear = model.linear(layer, role).expect("six linears");
-                    let w = linear.weights_f32();
-                    let tensor = weight_name(source, layer, role);
-                    let max = lathe_calib::column_abs_max(&w, linear.out_features(), linear.in_features())
-                        .map_err(|error| Error::Calib { tensor, source: error })?;
-                    weight_max.iter_mut().zip(max).for_each(|(m, v)| *m = m.max(v));
-                }
-                let s = lathe_calib::smooth_scales(stats[&input].abs_max(), &weight_max, alpha)
-                    .map_err(|source| Error::Calib { tensor: norm_weight.clone(), source })?;
-                // Fold 1/s into the LayerNorm before: its output is divided per channel.
-                for name in [&norm_weight, &norm_bias] {
-                    let mut norm = match values.remove(name.as_str()) {
-                        Some(v) => v,
-                        None => source.checkpoint.tensor(name)?.to_f32()?,
-                    };
-                    norm.iter_mut().zip(&s).for_each(|(v, s)| *v /= s);
-                    values.insert(name.clone(), norm);
-                }
-                for &role in &roles {
-                    scales.insert(role, s.clone());
-                }
+            for role in LAYER_ROLES.into_iter().filter(|role| !options.keep_f32.contains(role)) {
+                let linear = model.linear(layer, role).expect("six linears");
+                let tensor = weight_name(source, layer, role);
+                let calib_error = |error| Error::Calib { tensor: tensor.clone(), source: error };
+                let weight_max =
+                    lathe_calib::column_abs_max(&linear.weights_f32(), linear.out_features(), linear.in_features())
+                        .map_err(calib_error)?;
+                let s = lathe_calib::smooth_scales(stats[&input_role(role)].abs_max(), &weight_max, alpha)
+                    .map_err(calib_error)?;
+                scales.insert(role, s);
             }
         }
         for role in LAYER_ROLES {
@@ -307,6 +275,7 @@ pub fn quantize_calibrated(
             let scale = scales.get(&role);
             if let Some(s) = scale {
                 lathe_calib::smooth_weights(&mut weights, rows, cols, s).map_err(calib_error)?;
+                precomputed.smoothing.insert(name.clone(), s.clone());
             }
             // What the calibration forward runs from here on: the rounded weights with the
             // smoothing undone on the input side (f32 activations), as GPTQ's reference does.
@@ -342,7 +311,6 @@ pub fn quantize_calibrated(
         }
         Ok(())
     })?;
-    precomputed.values.extend(values);
     precomputed.calibration = Some(calibrator.record.clone());
     if let Some(alpha) = smooth {
         precomputed.extra_options.push(("smooth".into(), json!(alpha)));

@@ -77,11 +77,13 @@ fn quantized_specs(name: &str, scheme: Scheme, rows: usize, cols: usize) -> Resu
 /// Writes `model.safetensors` into `staging`: every source tensor in checkpoint order, each as
 /// `decide` says, holding one source tensor (and its replacement) in memory at a time.
 /// `quantized` names the linear weights that `decide` turns into [`Output::Quantized`], with
-/// their scheme; their specs are known before any tensor is read.
+/// their scheme; their specs are known before any tensor is read. `smoothing` holds the
+/// SmoothQuant factors of quantized weights, written beside them as `<module>.smooth_scale`.
 pub(crate) fn write_checkpoint(
     source: &Source,
     staging: &Staging,
     quantized: &HashMap<String, Scheme>,
+    smoothing: &HashMap<String, Vec<f32>>,
     mut decide: impl FnMut(&str, &lathe_tensor::TensorView<'_>) -> Result<Output>,
 ) -> Result<()> {
     let tensors: Vec<_> = source.checkpoint.tensors().map(|(_, info)| info.clone()).collect();
@@ -97,6 +99,9 @@ pub(crate) fn write_checkpoint(
                     metadata.push((format!("{GGML_METADATA_PREFIX}{}", info.name), scheme.to_string()));
                 }
                 specs.extend(quantized_specs(&info.name, scheme, rows, cols)?);
+                if smoothing.contains_key(&info.name) {
+                    specs.push(TensorSpec::new(smoothing_name(&info.name), Dtype::F32, [cols]));
+                }
             }
             None => specs.push(TensorSpec::new(info.name.clone(), info.dtype, info.shape.clone())),
         }
@@ -118,11 +123,21 @@ pub(crate) fn write_checkpoint(
                 };
                 writer.write_tensor(&info.name, &bytes)?;
             }
-            Output::Quantized(matrix) => write_quantized(&mut writer, &info.name, &matrix)?,
+            Output::Quantized(matrix) => {
+                write_quantized(&mut writer, &info.name, &matrix)?;
+                if let Some(factors) = smoothing.get(&info.name) {
+                    writer.write_tensor(&smoothing_name(&info.name), bytemuck::cast_slice(factors))?;
+                }
+            }
         }
     }
     writer.finish()?;
     Ok(())
+}
+
+/// Where a quantized weight's SmoothQuant factors are stored: `<module>.smooth_scale`.
+fn smoothing_name(weight: &str) -> String {
+    format!("{}.smooth_scale", weight.strip_suffix(".weight").unwrap_or(weight))
 }
 
 fn write_quantized(writer: &mut SafeTensorsWriter, name: &str, matrix: &QuantizedMatrix) -> Result<()> {

@@ -256,7 +256,7 @@ pub(crate) fn write_pruned(
     }
     let staging = Staging::new(out)?;
     staging.copy_companions(&source.dir)?;
-    write_checkpoint(source, &staging, &HashMap::new(), |name, view| {
+    write_checkpoint(source, &staging, &HashMap::new(), &HashMap::new(), |name, view| {
         Ok(match replace(name, view)? {
             Some(values) => Output::Values(values),
             None => Output::Copy,

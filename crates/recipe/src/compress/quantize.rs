@@ -111,13 +111,15 @@ impl QuantizeOptions {
     }
 }
 
-/// New weights computed before writing (GPTQ's rounded matrices, smoothing's rescaled tensors),
+/// New weights computed before writing (GPTQ's rounded matrices, smoothed weights and their factors),
 /// by tensor name. Empty for plain RTN.
 #[derive(Debug, Default)]
 pub(crate) struct Precomputed {
     pub(crate) matrices: HashMap<String, QuantizedMatrix>,
     pub(crate) values: HashMap<String, Vec<f32>>,
     pub(crate) calibration: Option<super::Calibration>,
+    /// SmoothQuant factors by weight name.
+    pub(crate) smoothing: HashMap<String, Vec<f32>>,
     pub(crate) extra_options: Vec<(String, Value)>,
 }
 
@@ -164,8 +166,8 @@ pub(crate) fn quantize_with(
 
     let staging = Staging::new(out)?;
     staging.copy_companions(&source.dir)?;
-    let Precomputed { mut matrices, mut values, calibration, extra_options } = precomputed;
-    write_checkpoint(source, &staging, &targets, |name, view| {
+    let Precomputed { mut matrices, mut values, calibration, smoothing, extra_options } = precomputed;
+    write_checkpoint(source, &staging, &targets, &smoothing, |name, view| {
         if targets.contains_key(name) {
             if let Some(matrix) = matrices.remove(name) {
                 return Ok(Output::Quantized(matrix));

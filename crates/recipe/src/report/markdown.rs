@@ -73,11 +73,14 @@ pub fn render_markdown(report: &Report) -> Result<String> {
     out.push_str("## How this was measured\n\n");
     let _ = writeln!(
         out,
-        "- Latency: time to encode all {} sentences, the median of {TIMED_RUNS} runs after {WARMUP_RUNS} \
+        "- Latency: time to encode {}, the median of {TIMED_RUNS} runs after {WARMUP_RUNS} \
          warm-up run, on one thread. `single` encodes one sentence per batch; `batched` sorts the sentences \
          by length and encodes them in batches, the same batching for every row. Speedup = baseline latency / \
          row latency.",
-        eval_set.n_sentences
+        match report.latency_sentences {
+            Some(n) if n < eval_set.n_sentences => format!("the first {n} of the {} sentences", eval_set.n_sentences),
+            _ => format!("all {} sentences", eval_set.n_sentences),
+        }
     );
     out.push_str(
         "- Size: bytes of the written checkpoint on disk (MB = 10^6 bytes). Compression = baseline size / row \

@@ -28,6 +28,7 @@
 //!     machine: report::machine_description(),
 //!     eval_set: EvalSet { name: "lathe eval".to_owned(), n_sentences: 280, sha256: "ab12".to_owned() },
 //!     rows: vec![row("fp32", 88_000_000, 400.0, 1.0), row("q8_0", 24_000_000, 250.0, 0.999)],
+//!     latency_sentences: None,
 //! };
 //! report.fill_ratios()?; // compression and speedups against the first row
 //! assert_eq!(report.rows[1].compression, 88.0 / 24.0);
@@ -78,6 +79,10 @@ pub struct Report {
     pub eval_set: EvalSet,
     /// One row per method; the first is the baseline every ratio and cosine refers to.
     pub rows: Vec<Row>,
+    /// How many sentences (the first of the set) the latency runs encode; `None` for all. Only
+    /// report.md states it (report.json keeps to its fixed keys).
+    #[serde(skip)]
+    pub latency_sentences: Option<usize>,
 }
 
 /// Which sentences a report was measured on.
@@ -303,6 +308,7 @@ pub(crate) mod testutil {
             machine: "test cpu, 1 core, x86_64 (avx2)".to_owned(),
             eval_set: EvalSet { name: "lathe eval".to_owned(), n_sentences: 280, sha256: "0f".repeat(32) },
             rows,
+            latency_sentences: None,
         };
         report.fill_ratios().expect("hand-made rows have positive sizes and latencies");
         report
