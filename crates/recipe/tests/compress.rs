@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use lathe_config::Role;
 use lathe_model::{BertModel, LinearKind, SentenceEncoder};
-use lathe_recipe::data;
 use lathe_recipe::compress::{
     self, ActivationMode, CalibrationData, PruneMethod, PruneOptions, QuantizeMethod, QuantizeOptions, Scope,
     ShrinkOptions, Source,
 };
+use lathe_recipe::data;
 use lathe_tensor::SafeTensors;
 use serde_json::Value;
 

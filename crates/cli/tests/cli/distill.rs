@@ -25,8 +25,26 @@ fn a_distilled_student_reloads_and_records_its_training() {
     let student = tmp.path().join("student");
     let student = path_str(&student);
     let output = succeeded(&[
-        "distill", "--teacher", model, "-o", student, "--keep-layers", "0,3", "--corpus", &corpus, "--eval", &eval,
-        "--max-steps", "2", "--batch-size", "8", "--lr", "5e-4", "--seed", "3", "--quiet",
+        "distill",
+        "--teacher",
+        model,
+        "-o",
+        student,
+        "--keep-layers",
+        "0,3",
+        "--corpus",
+        &corpus,
+        "--eval",
+        &eval,
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        "5e-4",
+        "--seed",
+        "3",
+        "--quiet",
     ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("trained 2 steps") && stdout.contains("mean cosine"), "{stdout}");
