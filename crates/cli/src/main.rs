@@ -6,6 +6,7 @@ mod distill;
 mod embed;
 mod eval;
 mod inspect;
+mod search;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ enum Command {
     Compare(compress::CompareArgs),
     /// Train a smaller student (some of the teacher's layers) to reproduce the teacher's sentence embeddings.
     Distill(distill::Args),
+    /// Search recipe or distillation parameters (grid, random, successive halving) and print the Pareto table.
+    Search(search::Args),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Apply(args) => compress::apply(&args),
         Command::Compare(args) => compress::compare(&args),
         Command::Distill(args) => distill::run(&args),
+        Command::Search(args) => search::run(&args),
     };
     match outcome.and_then(|text| write_stdout(&text)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,10 @@ pub enum Error {
     #[error(transparent)]
     Model(#[from] lathe_model::Error),
 
+    /// A search study could not be read, logged or resumed (the message names the file).
+    #[error(transparent)]
+    Search(#[from] lathe_search::Error),
+
     /// The two models' embeddings have different widths, so no cosine joins them.
     #[error("the model's embeddings have {model} dimensions and the reference's {reference}: they must be equal")]
     WidthMismatch {

@@ -32,5 +32,6 @@ pub mod eval;
 mod progress;
 pub mod recipe;
 pub mod report;
+pub mod search;
 
 pub use error::{Error, Result};

@@ -8,3 +8,4 @@ mod encode;
 mod inspect;
 #[path = "../../../../tests/support/models.rs"]
 mod models;
+mod search;

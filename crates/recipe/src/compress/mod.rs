@@ -108,8 +108,14 @@ pub(crate) fn write_checkpoint(
     }
     let path = staging.path().join(lathe_tensor::SINGLE_FILE);
     let mut writer = SafeTensorsWriter::create(&path, specs, &metadata)?;
-    for info in &tensors {
-        let view = source.checkpoint.tensor(&info.name)?;
+    // `stream` visits the tensors in the order of `tensors()` and drops each one's pages from the
+    // resident set once written, so a pass over a checkpoint larger than memory keeps about one
+    // source tensor (and its replacement) resident.
+    let mut index = 0;
+    source.checkpoint.stream(|view| -> Result<()> {
+        let info = &tensors[index];
+        index += 1;
+        debug_assert_eq!(view.name(), info.name);
         match decide(&info.name, &view)? {
             Output::Copy => writer.write_tensor(&info.name, view.bytes())?,
             Output::Values(values) => {
@@ -130,7 +136,8 @@ pub(crate) fn write_checkpoint(
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     writer.finish()?;
     Ok(())
 }
