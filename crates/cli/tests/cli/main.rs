@@ -2,6 +2,7 @@
 //! with the reference Python readers, `embed` and `eval` on the real all-MiniLM-L6-v2 against
 //! the golden transformers outputs, and every command's handling of bad input.
 
+mod compare;
 mod compress;
 mod distill;
 mod encode;
