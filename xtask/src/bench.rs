@@ -1,4 +1,4 @@
-//! `cargo xtask bench [quant|gemm|sparse|model|all] [ARGS]`: the criterion benches under the conditions lathe's
+//! `cargo xtask bench [quant|gemm|sparse|model|distill|all] [ARGS]`: the criterion benches under the conditions lathe's
 //! figures assume (one thread), then one markdown table per kernel read back from criterion's
 //! output files.
 //!
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{cargo, models, project_root, run_command};
+use crate::{cargo, models, run_command, target_dir};
 
 /// Which benches to run (and which tables to print afterwards).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,9 @@ enum Selection {
     Sparse,
     /// lathe-model's `model`: the encoder end to end on the real MiniLM against the FMA peak.
     Model,
+    /// The facade's `distill`: a training step of a student cut from MiniLM beside its forward
+    /// pass, in real tokens per second.
+    Distill,
     /// Every bench target of the workspace, the end-to-end ones on the real models included.
     All,
 }
@@ -48,6 +51,7 @@ impl Options {
             Some("gemm") => Some(Selection::Gemm),
             Some("sparse") => Some(Selection::Sparse),
             Some("model") => Some(Selection::Model),
+            Some("distill") => Some(Selection::Distill),
             Some("all") => Some(Selection::All),
             _ => None,
         };
@@ -104,6 +108,11 @@ fn run_criterion(options: &Options) -> Result<()> {
             command.env(models::MODELS_DIR_VAR, models_dir);
             command.args(["--package", "lathe-model", "--bench", "model"]);
         }
+        Selection::Distill => {
+            let models_dir = models::fetch()?;
+            command.env(models::MODELS_DIR_VAR, models_dir);
+            command.args(["--package", "lathe", "--bench", "distill"]);
+        }
         Selection::All => {
             // The end-to-end benches read the real models; fetching is a hash check when they are there.
             let models_dir = models::fetch()?;
@@ -116,25 +125,13 @@ fn run_criterion(options: &Options) -> Result<()> {
     run_command(&mut command)
 }
 
-/// Where criterion writes, found as criterion finds it: `$CRITERION_HOME`, else
-/// `$CARGO_TARGET_DIR/criterion`, else `criterion` in the target directory cargo reports.
+/// Where criterion writes, found as criterion finds it: `$CRITERION_HOME`, else `criterion` in
+/// cargo's target directory.
 fn criterion_dir() -> Result<PathBuf> {
     if let Some(home) = std::env::var_os("CRITERION_HOME") {
         return Ok(PathBuf::from(home));
     }
-    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
-        return Ok(project_root().join(target).join("criterion"));
-    }
-    let output = cargo()
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .output()
-        .context("could not run `cargo metadata` to find the target directory")?;
-    if !output.status.success() {
-        bail!("`cargo metadata` failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
-    }
-    let metadata: Value = serde_json::from_slice(&output.stdout).context("`cargo metadata` printed invalid JSON")?;
-    let target = metadata["target_directory"].as_str().context("`cargo metadata` gave no target_directory")?;
-    Ok(Path::new(target).join("criterion"))
+    Ok(target_dir()?.join("criterion"))
 }
 
 /// What one benchmark processes per iteration, as criterion's `benchmark.json` records it.
@@ -466,7 +463,7 @@ fn report(dir: &Path, results: &[Measurement], selection: Selection) -> String {
     };
     let bandwidth_rows: Vec<&Measurement> = results.iter().filter(|m| m.group == "bandwidth").collect();
     let mut printed = 0;
-    if !matches!(selection, Selection::Gemm | Selection::Model) && !bandwidth_rows.is_empty() {
+    if !matches!(selection, Selection::Gemm | Selection::Model | Selection::Distill) && !bandwidth_rows.is_empty() {
         let _ = writeln!(out, "### bandwidth (GB/s)\n\n| access | size | GB/s |\n|---|---|---:|");
         let mut rows = bandwidth_rows;
         rows.sort_by_key(|m| {
@@ -480,6 +477,12 @@ fn report(dir: &Path, results: &[Measurement], selection: Selection) -> String {
     }
     if matches!(selection, Selection::Model | Selection::All)
         && let Some(table) = model_table(results)
+    {
+        out.push_str(&table);
+        printed += 1;
+    }
+    if matches!(selection, Selection::Distill | Selection::All)
+        && let Some(table) = distill_table(results)
     {
         out.push_str(&table);
         printed += 1;
@@ -640,6 +643,44 @@ fn model_table(results: &[Measurement]) -> Option<String> {
                 forward.median_ns / m.median_ns
             );
         }
+    }
+    out.push('\n');
+    Some(out)
+}
+
+/// The table of the facade's `distill` group: per batch (`<sentences>x<padded length>`), real
+/// tokens per second of a training step, of the same forward pass with its tape, and of the
+/// inference forward pass, and how many forward passes a step costs. `None` without results.
+fn distill_table(results: &[Measurement]) -> Option<String> {
+    let mut rows: BTreeMap<&str, BTreeMap<&str, &Measurement>> = BTreeMap::new();
+    for m in results.iter().filter(|m| m.group == "distill") {
+        rows.entry(m.parameter.as_str()).or_default().insert(m.function.as_str(), m);
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let per_second = |m: Option<&&Measurement>| m.and_then(|m| m.rate()).map(|rate| rate * 1e9);
+    let tokens = |rate: Option<f64>| rate.map_or_else(|| "-".to_owned(), |rate| format!("{rate:.0}"));
+    let mut out = String::from(
+        "### distill (3-layer student of all-MiniLM-L6-v2: layers 0, 2, 4; real tokens per second)\n\n\
+         | batch | real tokens | train step ms | train tok/s | forward with tape tok/s | forward tok/s | forward / train |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (parameter, row) in rows {
+        let train = row.get("train_step");
+        let (train_rate, forward_rate) = (per_second(train), per_second(row.get("forward")));
+        let real_tokens = row.values().find_map(|m| m.throughput).map(Throughput::amount);
+        let ratio = train_rate.zip(forward_rate).map(|(train, forward)| forward / train);
+        let _ = writeln!(
+            out,
+            "| {parameter} | {} | {} | {} | {} | {} | {} |",
+            real_tokens.map_or_else(|| "-".to_owned(), |amount| amount.to_string()),
+            train.map_or_else(|| "-".to_owned(), |m| format!("{:.0}", m.median_ns / 1e6)),
+            tokens(train_rate),
+            tokens(per_second(row.get("forward_tape"))),
+            tokens(forward_rate),
+            ratio.map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}x")),
+        );
     }
     out.push('\n');
     Some(out)
@@ -814,6 +855,22 @@ mod tests {
         assert!(!text.contains("dense_gemm"), "{text}");
         assert!(report(Path::new("x"), &results[..1], Selection::Model).contains("no results"));
         assert_eq!(Options::parse(strings(&["model"])).selection, Selection::Model);
+    }
+
+    #[test]
+    fn distill_table_gives_tokens_per_second_and_the_forward_to_train_ratio() {
+        let tokens = Throughput::Elements(800);
+        let results = vec![
+            measurement("distill", "train_step", "32x27", 4e8, tokens),
+            measurement("distill", "forward_tape", "32x27", 1.6e8, tokens),
+            measurement("distill", "forward", "32x27", 1e8, tokens),
+            measurement("model", "forward_padded", "", 1e9, Throughput::Elements(1)),
+        ];
+        let text = report(Path::new("x"), &results, Selection::Distill);
+        assert!(text.contains("| 32x27 | 800 | 400 | 2000 | 5000 | 8000 | 4.00x |"), "{text}");
+        assert!(!text.contains("### model"), "{text}");
+        assert!(report(Path::new("x"), &results[3..], Selection::Distill).contains("no results"));
+        assert_eq!(Options::parse(strings(&["distill"])).selection, Selection::Distill);
     }
 
     #[test]

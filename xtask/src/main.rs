@@ -12,6 +12,7 @@ mod bench;
 mod ci;
 mod fuzz;
 mod models;
+mod rss_check;
 #[cfg(test)]
 mod tidy;
 
@@ -31,15 +32,20 @@ commands:
                              LATHE_FORCE_ISA=scalar), one quick pass of each bench, docs,
                              and the repository checks in xtask/src/tidy.rs
   fetch-models               download the real models into the models dir and check their sha256
-  bench [quant|gemm|sparse|model|all] [ARGS]
+  bench [quant|gemm|sparse|model|distill|all] [ARGS]
                              run criterion benches on one thread, then print one table per
                              kernel (GB/s or GFLOP/s, ratios to candle and to this machine's
                              read/write bandwidth); quant: lathe-peers quant_peers and
                              bandwidth, gemm: dense_gemm, sparse: sparse_peers, model:
-                             lathe-model's MiniLM forward against the FMA peak, all
-                             (default): every bench target;
+                             lathe-model's MiniLM forward against the FMA peak, distill: a
+                             training step of a 3-layer student of MiniLM against its forward
+                             pass (real tokens/s), all (default): every bench target;
                              ARGS go to criterion
-  demo                       fetch the models and run `lathe inspect` on each
+  demo                       fetch the models, build lathe, run `lathe compare` on MiniLM into target/lathe-report
+  rss-check [SCHEME...]      write a synthetic f32 BERT of 4.3 GiB under target/rss-check and
+                             check that `lathe quantize` (default schemes: int8-channel, q4_0)
+                             peaks under twice its largest tensor plus 200 MiB of resident
+                             memory (/usr/bin/time -v); not part of ci
   fuzz [--seconds N] [TARGET...]
                              seed the corpora and fuzz each target for N seconds (default 600)
   help                       print this text
@@ -61,6 +67,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(rest),
         Some("demo") => no_args("demo", &rest).and_then(|()| demo()),
         Some("fuzz") => fuzz::run(rest),
+        Some("rss-check") => rss_check::run(rest),
         Some(other) => Err(UsageError(format!("unknown command `{other}`")).into()),
         None => Err(UsageError("no command given".to_owned()).into()),
     };
@@ -98,38 +105,55 @@ fn no_args(command: &str, args: &[String]) -> Result<()> {
     }
 }
 
-/// `cargo xtask demo`: the real models through the real command line.
+/// `cargo xtask demo`: the main job on the bundled model, through the real command line.
 fn demo() -> Result<()> {
     let models_dir = models::fetch()?;
-    let lathe = || {
-        let mut command = cargo();
-        command.args(["run", "--release", "--package", "lathe-cli", "--"]);
-        command
-    };
-    for model in models::MODELS {
-        let path = models_dir.join(model.name);
-        println!("\n==> lathe inspect {}", path.display());
-        run_command(lathe().arg("inspect").arg(&path))?;
-    }
+    println!("\n==> cargo build --release --package lathe-cli");
+    run_command(cargo().args(["build", "--release", "--package", "lathe-cli"]))?;
+    let lathe = project_root().join("target").join("release").join(format!("lathe{}", std::env::consts::EXE_SUFFIX));
 
     let minilm = models_dir.join("all-MiniLM-L6-v2");
-    // The 48 golden sentences lathe-model is tested on; the embeddings land under target/.
-    let sentences = project_root().join("crates/model/tests/data/sentences.txt");
-    let out_dir = project_root().join("target").join("demo");
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let embeddings = out_dir.join("golden_sentences.safetensors");
-    println!("\n==> lathe embed {} (the golden sentences)", minilm.display());
-    run_command(lathe().arg("embed").arg(&minilm).arg("--input").arg(&sentences).arg("--output").arg(&embeddings))?;
-    run_command(lathe().arg("inspect").arg(&embeddings))?;
+    let report_dir = project_root().join("target").join("lathe-report");
+    println!("\n==> lathe compare {} -o {}", minilm.display(), report_dir.display());
+    run_command(std::process::Command::new(&lathe).arg("compare").arg(&minilm).arg("-o").arg(&report_dir))?;
 
-    println!("\n==> lathe eval {} against itself (the shipped evaluation set)", minilm.display());
-    run_command(lathe().arg("eval").arg(&minilm).arg("--reference").arg(&minilm))?;
+    // The table, as report.md has it, and where the rest is.
+    let report = report_dir.join("report.md");
+    let text = std::fs::read_to_string(&report).with_context(|| format!("cannot read {}", report.display()))?;
+    println!();
+    for line in text.lines().filter(|line| line.starts_with('|')) {
+        println!("{line}");
+    }
+    println!(
+        "\nreport: {} (with report.json, fidelity_vs_size.svg, fidelity_vs_latency.svg); models: {}",
+        report.display(),
+        report_dir.join("models").display()
+    );
     Ok(())
 }
 
 /// The workspace root, found from where this crate sits in it.
 pub(crate) fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits one folder below the workspace root").to_owned()
+}
+
+/// cargo's target directory, found as cargo finds it: `$CARGO_TARGET_DIR` (relative to the
+/// workspace root), else the `target_directory` that `cargo metadata` reports.
+pub(crate) fn target_dir() -> Result<PathBuf> {
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Ok(project_root().join(target));
+    }
+    let output = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("could not run `cargo metadata` to find the target directory")?;
+    if !output.status.success() {
+        bail!("`cargo metadata` failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("`cargo metadata` printed invalid JSON")?;
+    let target = metadata["target_directory"].as_str().context("`cargo metadata` gave no target_directory")?;
+    Ok(PathBuf::from(target))
 }
 
 /// A `cargo` command in the workspace root, using the cargo that runs xtask when there is one.

@@ -172,12 +172,23 @@ pub(crate) fn quantize_with(
             if let Some(matrix) = matrices.remove(name) {
                 return Ok(Output::Quantized(matrix));
             }
-            let weights = match values.remove(name) {
-                Some(weights) => weights,
-                None => view.to_f32()?,
+            // Aligned f32 data is quantized where it is mapped; anything else through one copy.
+            let copy;
+            let weights: &[f32] = match values.remove(name) {
+                Some(weights) => {
+                    copy = weights;
+                    &copy
+                }
+                None => match view.as_slice::<f32>().filter(|_| view.dtype() == lathe_tensor::Dtype::F32) {
+                    Some(mapped) => mapped,
+                    None => {
+                        copy = view.to_f32()?;
+                        &copy
+                    }
+                },
             };
             let [rows, cols] = view.shape()[..] else { unreachable!("targets are checked to be matrices") };
-            let matrix = QuantizedMatrix::quantize(&weights, rows, cols, scheme)
+            let matrix = QuantizedMatrix::quantize(weights, rows, cols, scheme)
                 .map_err(|source| Error::Quant { tensor: name.to_owned(), source })?;
             return Ok(Output::Quantized(matrix));
         }
