@@ -110,7 +110,7 @@ fn demo() -> Result<()> {
     let models_dir = models::fetch()?;
     println!("\n==> cargo build --release --package lathe-cli");
     run_command(cargo().args(["build", "--release", "--package", "lathe-cli"]))?;
-    let lathe = project_root().join("target").join("release").join(format!("lathe{}", std::env::consts::EXE_SUFFIX));
+    let lathe = target_dir()?.join("release").join(format!("lathe{}", std::env::consts::EXE_SUFFIX));
 
     let minilm = models_dir.join("all-MiniLM-L6-v2");
     let report_dir = project_root().join("target").join("lathe-report");
