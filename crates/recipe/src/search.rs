@@ -62,6 +62,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use lathe_model::SentenceEncoder;
+use lathe_search::template::{Piece, pieces};
 use lathe_search::{
     Collected, Direction, Domain, Halving, Objective, Params, Report, Scale, Space, Status, Study, TrialError,
     TrialInput, TrialResult, Value,
@@ -210,56 +211,6 @@ pub struct Spec {
     halving: Option<Halving>,
     uses_budget: bool,
     digest: String,
-}
-
-/// A piece of a template string.
-#[derive(Debug, PartialEq)]
-enum Piece {
-    Text(String),
-    Placeholder(String),
-}
-
-/// Splits a string into text and `{name}` placeholders; `{{` and `}}` are literal braces.
-fn pieces(text: &str) -> std::result::Result<Vec<Piece>, String> {
-    let mut pieces = Vec::new();
-    let mut literal = String::new();
-    let mut chars = text.char_indices().peekable();
-    while let Some((offset, c)) = chars.next() {
-        match c {
-            '{' | '}' if chars.peek().map(|&(_, next)| next) == Some(c) => {
-                chars.next();
-                literal.push(c);
-            }
-            '}' => return Err(format!("unmatched `}}` at byte {offset} (write `}}}}` for a literal brace)")),
-            '{' => {
-                let mut name = String::new();
-                loop {
-                    match chars.next() {
-                        Some((_, '}')) => break,
-                        Some((_, c)) if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') => name.push(c),
-                        Some((at, c)) => {
-                            return Err(format!(
-                                "character `{c}` at byte {at} inside a placeholder (write `{{{{` for a literal brace)"
-                            ));
-                        }
-                        None => return Err(format!("placeholder opened at byte {offset} is not closed")),
-                    }
-                }
-                if name.is_empty() {
-                    return Err(format!("empty placeholder at byte {offset}"));
-                }
-                if !literal.is_empty() {
-                    pieces.push(Piece::Text(std::mem::take(&mut literal)));
-                }
-                pieces.push(Piece::Placeholder(name));
-            }
-            c => literal.push(c),
-        }
-    }
-    if !literal.is_empty() || pieces.is_empty() {
-        pieces.push(Piece::Text(literal));
-    }
-    Ok(pieces)
 }
 
 /// Every placeholder in `value` with where it is (`steps[1].sparsity`).
@@ -891,8 +842,7 @@ impl Setup<'_> {
             seed: options.sampler.seed(),
         };
         check_manifest(&study_dir, &manifest)?;
-        let study = Study::new(spec.objectives.clone())
-            ?
+        let study = Study::new(spec.objectives.clone())?
             .log(study_dir.join(LOG))
             .concurrency(options.jobs)
             .retry_failed(options.retry_failed);
@@ -1132,8 +1082,7 @@ pub fn search(spec: &Spec, model: &Path, study_dir: &Path, options: &SearchOptio
     let report = match (options.sampler, spec.halving) {
         (Sampler::Halving { .. }, Some(halving)) => setup.study.run_halving(&setup.configs, &halving, objective),
         _ => setup.study.run(&setup.configs, objective),
-    }
-    ?;
+    }?;
     eprintln!("{} trials run, {} taken from {}", report.evaluated, report.resumed, setup.study_dir.join(LOG).display());
     setup.publish(report)
 }

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::log::{values_error, values_in_order};
 use crate::space::{Params, TRIAL_PLACEHOLDER};
 use crate::study::{Status, Study, TrialRecord, pending_ids};
+use crate::template::{Piece, pieces};
 
 /// What a trial run by a batch job reports: the file `<results>/<id>.json`.
 ///
@@ -108,52 +109,9 @@ pub struct Collected {
     pub missing: Vec<u64>,
 }
 
-/// A piece of a command-line template.
-#[derive(Debug, PartialEq)]
-enum Piece {
-    Text(String),
-    Placeholder(String),
-}
-
 /// Splits a template into text and `{name}` placeholders; `{{` and `}}` are literal braces.
 fn parse_template(template: &str) -> Result<Vec<Piece>> {
-    let bad = |reason: String| Error::Template { template: template.to_owned(), reason };
-    let mut pieces = Vec::new();
-    let mut text = String::new();
-    let mut chars = template.char_indices().peekable();
-    while let Some((offset, c)) = chars.next() {
-        match c {
-            '{' if chars.peek().map(|&(_, next)| next) == Some('{') => {
-                chars.next();
-                text.push('{');
-            }
-            '}' if chars.peek().map(|&(_, next)| next) == Some('}') => {
-                chars.next();
-                text.push('}');
-            }
-            '}' => return Err(bad(format!("unmatched `}}` at byte {offset} (write `}}}}` for a literal brace)"))),
-            '{' => {
-                let mut name = String::new();
-                loop {
-                    match chars.next() {
-                        Some((_, '}')) => break,
-                        Some((_, c)) if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') => name.push(c),
-                        Some((at, c)) => return Err(bad(format!("character `{c}` at byte {at} inside a placeholder"))),
-                        None => return Err(bad(format!("placeholder opened at byte {offset} is not closed"))),
-                    }
-                }
-                if name.is_empty() {
-                    return Err(bad(format!("empty placeholder at byte {offset}")));
-                }
-                pieces.push(Piece::Text(std::mem::take(&mut text)));
-                pieces.push(Piece::Placeholder(name));
-            }
-            c => text.push(c),
-        }
-    }
-    pieces.push(Piece::Text(text));
-    pieces.retain(|piece| *piece != Piece::Text(String::new()));
-    Ok(pieces)
+    pieces(template).map_err(|reason| Error::Template { template: template.to_owned(), reason })
 }
 
 /// Quotes a value for POSIX `sh` when it holds anything beyond a conservative safe set.

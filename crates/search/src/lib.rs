@@ -46,6 +46,7 @@ mod pareto;
 mod space;
 mod study;
 mod table;
+pub mod template;
 
 pub use batch::{Collected, TrialResult};
 pub use error::{Error, Result};
