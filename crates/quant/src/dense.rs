@@ -5,17 +5,21 @@
 //! [`QuantizedMatrix::gemm`](crate::QuantizedMatrix::gemm), so a dense layer and a quantized
 //! one are interchangeable.
 //!
-//! On x86_64 with AVX2 and FMA, from 8 tokens up, the product is lathe's own packed kernel
-//! (`dense/x86_64.rs`: BLIS's loop nest, a 6 x 16 register tile, weights packed once per call
-//! with 8 x 8 register transposes): on the shapes of a padded MiniLM batch (3264 tokens through
-//! 384 x 384, 384 x 1536 and 1536 x 384) the `gemm` crate reached only 50 to 65 % of the FMA
-//! peak, as packed panels streamed from L3. Below 8 tokens (where packing the weights would cost
-//! more than the product), without AVX2 and with `LATHE_FORCE_ISA=scalar`, the work is done by
-//! the `gemm` crate (0.19), chosen over `matrixmultiply` and `faer` by the `dense_gemm` bench in
-//! `benches/peers` (figures in ARCHITECTURE.md): it leads on the single-token GEMV and has no
-//! system dependencies. Both are threaded with rayon when the current pool has more than one
-//! thread; both split the output, never the inner dimension, so results do not depend on the
-//! thread count (each output sums its products in the same order).
+//! On x86_64 with AVX2 and FMA, from 8 tokens, and from 2 tokens on matrices of at least 32768
+//! weights with more than 128 outputs, the product is lathe's own packed kernel
+//! (`dense/x86_64.rs`: BLIS's loop nest, a 6 x 16 register tile, weights packed a chunk of
+//! outputs at a time with 8 x 8 register transposes into a buffer each thread keeps). On the
+//! shapes of a padded MiniLM batch (3264 tokens through 384 x 384, 384 x 1536 and 1536 x 384)
+//! the `gemm` crate reached only 50 to 65 % of the FMA peak, as packed panels streamed from L3;
+//! from 2 to 16 tokens on a 4096 x 4096 layer it runs at half the packed kernel's speed (it is
+//! faster on small matrices with few tokens, whence the second condition). For a single token
+//! (a GEMV: a packed tile would waste 5 of its 6 rows), without AVX2 and with
+//! `LATHE_FORCE_ISA=scalar`, the work is done by the `gemm` crate (0.19), chosen over
+//! `matrixmultiply` and `faer` by the `dense_gemm` bench in `benches/peers` (figures in
+//! ARCHITECTURE.md): it leads on the single-token GEMV and has no system dependencies. Both are
+//! threaded with rayon when the current pool has more than one thread; both split the output,
+//! never the inner dimension, so results do not depend on the thread count (each output sums its
+//! products in the same order).
 //!
 //! ```
 //! // y = x W^T + b for two tokens through a 3 x 2 layer.
@@ -62,17 +66,24 @@ pub fn linear(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if n_tokens >= MIN_PACKED_TOKENS && crate::isa::active() == crate::Isa::Avx2 && x86_64::is_supported() {
+    if packed_pays(n_tokens, rows, cols) && crate::isa::active() == crate::Isa::Avx2 && x86_64::is_supported() {
         x86_64::linear(x, n_tokens, weights, rows, cols, bias, y);
         return;
     }
     gemm_crate(x, n_tokens, weights, rows, cols, bias, y);
 }
 
-/// Below this many tokens the packed AVX2 product spends more time packing the weights than
-/// multiplying; the `gemm` crate's GEMV-like path is faster there.
+/// Whether the packed AVX2 product beats the `gemm` crate on `n_tokens x cols` times `rows x
+/// cols`, as measured on one thread (Zen 3): from 8 tokens it is 1.1 to 2x faster on every shape
+/// tried, down to 8 x 32 x 32; from 2 tokens it is 1.2 to 3x faster on matrices of 32768 weights
+/// and more (2x on 4096 x 4096), except where the `gemm` crate has a fast path for a few tokens
+/// and narrow outputs (2 tokens with at most 128 outputs, up to 4 with at most 64: there it is 2
+/// to 4x faster). For one token the `gemm` crate's GEMV is 1.7x (4096 x 4096) to 4x (384 x 384)
+/// faster.
 #[cfg(target_arch = "x86_64")]
-const MIN_PACKED_TOKENS: usize = 8;
+fn packed_pays(n_tokens: usize, rows: usize, cols: usize) -> bool {
+    n_tokens >= 8 || (n_tokens >= 2 && rows > 128 && rows.saturating_mul(cols) >= 1 << 15)
+}
 
 /// The portable path (and the one for a few tokens): the `gemm` crate. Shapes are checked and
 /// non-empty.
@@ -164,7 +175,8 @@ mod tests {
     fn matches_an_f64_reference_on_awkward_shapes() {
         // From one token (the gemm crate) to several blocks of tokens and of the inner dimension
         // with ragged edges everywhere (the packed AVX2 product: 6 x 16 tiles, blocks of 72
-        // tokens, inner blocks of at most 256, 8 x 8 packing transposes).
+        // tokens, inner blocks of at most 256, 8 x 8 packing transposes), and the packed product
+        // from 2 tokens on a larger matrix.
         for &(n_tokens, rows, cols) in &[
             (1, 1, 1),
             (1, 7, 33),
@@ -177,6 +189,8 @@ mod tests {
             (150, 50, 517),
             (73, 16, 7),
             (200, 31, 1),
+            (2, 200, 300),
+            (5, 300, 130),
         ] {
             let x = values(n_tokens * cols, 1);
             let w = values(rows * cols, 2);
