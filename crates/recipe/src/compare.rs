@@ -51,8 +51,6 @@ pub struct CompareOptions {
 /// Sentences the latency runs encode (the first ones of the evaluation set).
 const LATENCY_SENTENCES: usize = 64;
 const QUICK_LATENCY_SENTENCES: usize = 16;
-/// Sentences per batch in the batched runs and the fidelity pass (as `lathe eval`).
-const BATCH: usize = 32;
 
 /// The recipes to run: the files of a folder (sorted by name), or the default suite.
 pub fn load_suite(recipes: Option<&Path>) -> Result<Vec<Recipe>> {
@@ -86,19 +84,6 @@ fn slug(name: &str) -> String {
     slug.trim_end_matches('-').to_owned()
 }
 
-/// Bytes of a folder's weight files (`*.safetensors`).
-fn weights_size(dir: &Path) -> Result<u64> {
-    let entries = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
-    let mut total = 0;
-    for entry in entries {
-        let entry = entry.map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
-        if entry.path().extension().is_some_and(|ext| ext == "safetensors") {
-            total += entry.metadata().map_err(|source| Error::Io { path: entry.path(), source })?.len();
-        }
-    }
-    Ok(total)
-}
-
 /// What one model measures on the sentences.
 struct Measured {
     embeddings: Vec<f32>,
@@ -108,13 +93,13 @@ struct Measured {
 
 fn measure(dir: &Path, sentences: &[String], latency_sentences: usize) -> Result<Measured> {
     let encoder = SentenceEncoder::open(dir)?;
-    let embeddings = encoder.embed_sentences(sentences, BATCH)?.as_slice().to_vec();
+    let embeddings = encoder.embed_sentences(sentences, eval::BATCH)?.as_slice().to_vec();
     let subset = &sentences[..latency_sentences.min(sentences.len())];
     let ms = |batch: usize| -> Result<f64> {
         let (time, _) = eval::median_time(|| encoder.embed_sentences(subset, batch))?;
         Ok(time.as_secs_f64() * 1e3)
     };
-    let latency = Latency { single: ms(1)?, batched: ms(BATCH)? };
+    let latency = Latency { single: ms(1)?, batched: ms(eval::BATCH)? };
     let kernels = eval::kernel_counts(encoder.model()).into_iter().collect();
     Ok(Measured { embeddings, latency, kernels })
 }
@@ -148,16 +133,11 @@ fn describe(recipe: &Recipe) -> String {
 /// running those steps again (the time to compress counts the shared steps once per row).
 pub fn compare(model: &Path, report_dir: &Path, options: &CompareOptions) -> Result<Report> {
     let recipes = load_suite(options.recipes.as_deref())?;
-    let (sentences, eval_name) = match &options.eval {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.clone(), source })?;
-            (text.lines().map(str::to_owned).collect::<Vec<_>>(), path.display().to_string())
-        }
-        None => (crate::data::eval_set().iter().map(|s| (*s).to_owned()).collect(), "lathe evaluation set".to_owned()),
+    let sentences = eval::sentences(options.eval.as_deref())?;
+    let eval_name = match &options.eval {
+        Some(path) => path.display().to_string(),
+        None => "lathe evaluation set".to_owned(),
     };
-    if sentences.len() < eval::MIN_SENTENCES {
-        return Err(Error::TooFewSentences { found: sentences.len(), needed: eval::MIN_SENTENCES });
-    }
     let sha256 = format!("{:x}", Sha256::digest(sentences.join("\n").as_bytes()));
     let latency_sentences = if options.quick { QUICK_LATENCY_SENTENCES } else { LATENCY_SENTENCES };
     let models_dir = report_dir.join("models");
@@ -168,7 +148,7 @@ pub fn compare(model: &Path, report_dir: &Path, options: &CompareOptions) -> Res
     let baseline = measure(model, &sentences, latency_sentences)?;
     let dim = baseline.embeddings.len() / sentences.len();
     let same = eval::fidelity(&baseline.embeddings, &baseline.embeddings, dim)?;
-    let mut rows = vec![row("fp32", "none (the original model)", weights_size(model)?, &baseline, same, 0.0)];
+    let mut rows = vec![row("fp32", "none (the original model)", eval::weights_size(model)?, &baseline, same, 0.0)];
 
     // Outputs by the steps that made them, to reuse for recipes with the same first steps.
     let mut made: Vec<(String, PathBuf, f64)> = Vec::new();
@@ -203,7 +183,7 @@ pub fn compare(model: &Path, report_dir: &Path, options: &CompareOptions) -> Res
             "    mean cosine {:.4}, {:.1} ms single / {:.1} ms batched, compressed in {seconds:.1} s",
             fidelity.mean_cosine, measured.latency.single, measured.latency.batched
         );
-        rows.push(row(&name, &describe(recipe), weights_size(&out)?, &measured, fidelity, seconds));
+        rows.push(row(&name, &describe(recipe), eval::weights_size(&out)?, &measured, fidelity, seconds));
     }
 
     let mut report = Report {

@@ -33,6 +33,42 @@ pub const TIMED_RUNS: usize = 5;
 /// The fewest sentences an evaluation accepts: each needs a nearest other sentence.
 pub const MIN_SENTENCES: usize = 2;
 
+/// Sentences per batch where a whole evaluation set is embedded (as `lathe eval` does).
+pub(crate) const BATCH: usize = 32;
+
+/// The sentences of `path`, one per line, or the shipped evaluation set; at least
+/// [`MIN_SENTENCES`] of them.
+pub(crate) fn sentences(path: Option<&std::path::Path>) -> Result<Vec<String>> {
+    let sentences: Vec<String> = match path {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        None => crate::data::eval_set().iter().map(|sentence| (*sentence).to_owned()).collect(),
+    };
+    if sentences.len() < MIN_SENTENCES {
+        return Err(Error::TooFewSentences { found: sentences.len(), needed: MIN_SENTENCES });
+    }
+    Ok(sentences)
+}
+
+/// Bytes of a model folder's weight files (`*.safetensors`): its size on disk in reports.
+pub(crate) fn weights_size(dir: &std::path::Path) -> Result<u64> {
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        if entry.path().extension().is_some_and(|ext| ext == "safetensors") {
+            total += entry.metadata().map_err(io(&entry.path()))?.len();
+        }
+    }
+    Ok(total)
+}
+
 /// How well a model's embeddings keep a reference's.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Fidelity {

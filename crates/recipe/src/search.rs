@@ -117,9 +117,6 @@ pub const DEFAULT_GRID_POINTS: usize = 3;
 /// Sentences (the first of the evaluation set) the single-sentence latency is timed on.
 pub const LATENCY_SENTENCES: usize = 16;
 
-/// Sentences per batch for the fidelity pass (as `lathe eval` and `lathe compare`).
-const BATCH: usize = 32;
-
 /// The step key that leaves a step out when false.
 const ENABLED: &str = "enabled";
 
@@ -764,29 +761,6 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
-/// Bytes of a folder's weight files (`*.safetensors`).
-fn weights_size(dir: &Path) -> Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
-        let entry = entry.map_err(io_error(dir))?;
-        if entry.path().extension().is_some_and(|ext| ext == "safetensors") {
-            total += entry.metadata().map_err(io_error(&entry.path()))?.len();
-        }
-    }
-    Ok(total)
-}
-
-fn eval_sentences(path: Option<&Path>) -> Result<Vec<String>> {
-    let sentences: Vec<String> = match path {
-        Some(path) => std::fs::read_to_string(path).map_err(io_error(path))?.lines().map(str::to_owned).collect(),
-        None => crate::data::eval_set().iter().map(|sentence| (*sentence).to_owned()).collect(),
-    };
-    if sentences.len() < eval::MIN_SENTENCES {
-        return Err(Error::TooFewSentences { found: sentences.len(), needed: eval::MIN_SENTENCES });
-    }
-    Ok(sentences)
-}
-
 fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().map_err(|error| Error::BadOption {
         option: "threads".into(),
@@ -824,7 +798,7 @@ fn short(value: f64) -> String {
 
 impl Setup<'_> {
     fn prepare<'a>(spec: &'a Spec, model: &Path, study_dir: &Path, options: &SearchOptions) -> Result<Setup<'a>> {
-        let sentences = eval_sentences(options.eval.as_deref())?;
+        let sentences = eval::sentences(options.eval.as_deref())?;
         let eval_sha256 = format!("{:x}", Sha256::digest(sentences.join("\n").as_bytes()));
         let configs = spec.configs(options.sampler)?;
         spec.check_recipes(&configs, options.sampler)?;
@@ -874,10 +848,10 @@ impl Setup<'_> {
         eprintln!("measuring the original model {} on {} sentences", model, self.sentences.len());
         let (embeddings, dim, latency_ms) = thread_pool(self.threads)?.install(|| -> Result<_> {
             let encoder = SentenceEncoder::open(&self.model)?;
-            let embeddings = encoder.embed_sentences(&self.sentences, BATCH)?.as_slice().to_vec();
+            let embeddings = encoder.embed_sentences(&self.sentences, eval::BATCH)?.as_slice().to_vec();
             Ok((embeddings, encoder.model().hidden_size(), single_latency_ms(&encoder, &self.sentences)?))
         })?;
-        let size_bytes = weights_size(&self.model)?;
+        let size_bytes = eval::weights_size(&self.model)?;
         let metadata = [
             ("model".to_owned(), model),
             ("eval_sha256".to_owned(), self.eval_sha256.clone()),
@@ -929,11 +903,11 @@ impl Setup<'_> {
             if dim != baseline.dim {
                 return Err(Error::WidthMismatch { model: dim, reference: baseline.dim });
             }
-            let embeddings = encoder.embed_sentences(&self.sentences, BATCH)?;
+            let embeddings = encoder.embed_sentences(&self.sentences, eval::BATCH)?;
             let fidelity = eval::fidelity(&baseline.embeddings, embeddings.as_slice(), dim)?;
             let latency_ms =
                 if self.needs_latency() { single_latency_ms(&encoder, &self.sentences)? } else { f64::NAN };
-            let size_bytes = weights_size(&out)?;
+            let size_bytes = eval::weights_size(&out)?;
             let values = self
                 .spec
                 .objectives
