@@ -649,17 +649,7 @@ unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize,
 mod tests {
     use super::{BUDGET, Budget, MC, MR, MR_STRIDE, NR, is_supported, linear_in_chunks};
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::dense::tests::values;
 
     /// The order the kernel promises: the bias (or 0), then one fused multiply-add per product in
     /// increasing `k`.
