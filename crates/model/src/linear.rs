@@ -1,5 +1,6 @@
 //! `Linear`: one layer's `y = x W^T + b`, run by whichever kernel holds its weights.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use lathe_quant::{QuantizedMatrix, Scheme};
@@ -318,21 +319,14 @@ impl Linear {
     /// # Panics
     /// If `x` or `y` do not hold `n_tokens` rows of the right width.
     pub fn forward(&self, x: &[f32], n_tokens: usize, y: &mut [f32]) {
-        let scaled: Vec<f32>;
-        let x = match &self.input_scale {
-            Some(inverse) => {
-                assert_eq!(x.len(), n_tokens * self.in_features, "input of {n_tokens} rows of {}", self.in_features);
-                scaled = x
-                    .chunks_exact(self.in_features)
-                    .flat_map(|row| row.iter().zip(inverse).map(|(x, v)| x * v))
-                    .collect();
-                &scaled[..]
-            }
-            None => x,
-        };
         match &self.kernel {
+            // SmoothQuant's input scale and the bias are fused into the quantized GEMM (same bits
+            // as scaling, multiplying and adding one after the other).
+            Kernel::Quantized(matrix) => {
+                matrix.linear(x, n_tokens, self.input_scale.as_deref(), self.bias.as_deref(), y)
+            }
             Kernel::Dense(weights) => lathe_quant::dense::linear(
-                x,
+                &self.smoothed_input(x, n_tokens),
                 n_tokens,
                 weights,
                 self.out_features,
@@ -340,22 +334,41 @@ impl Linear {
                 self.bias.as_deref(),
                 y,
             ),
-            Kernel::Quantized(matrix) => {
-                matrix.gemm(x, n_tokens, y);
-                self.add_bias(y);
-            }
             Kernel::WeightOnly(matrix) => {
-                matrix.gemm_weight_only(x, n_tokens, y);
+                matrix.gemm_weight_only(&self.smoothed_input(x, n_tokens), n_tokens, y);
                 self.add_bias(y);
             }
-            Kernel::Csr(matrix) => match &self.bias {
-                Some(bias) => matrix.spmm_bias(x, n_tokens, bias, y),
-                None => matrix.spmm(x, n_tokens, y),
-            },
-            Kernel::Nm(matrix) => match &self.bias {
-                Some(bias) => matrix.spmm_bias(x, n_tokens, bias, y),
-                None => matrix.spmm(x, n_tokens, y),
-            },
+            Kernel::Csr(matrix) => {
+                let x = self.smoothed_input(x, n_tokens);
+                match &self.bias {
+                    Some(bias) => matrix.spmm_bias(&x, n_tokens, bias, y),
+                    None => matrix.spmm(&x, n_tokens, y),
+                }
+            }
+            Kernel::Nm(matrix) => {
+                let x = self.smoothed_input(x, n_tokens);
+                match &self.bias {
+                    Some(bias) => matrix.spmm_bias(&x, n_tokens, bias, y),
+                    None => matrix.spmm(&x, n_tokens, y),
+                }
+            }
+        }
+    }
+
+    /// `x` with channel `j` multiplied by SmoothQuant's `1 / s[j]` when the linear is smoothed.
+    fn smoothed_input<'a>(&self, x: &'a [f32], n_tokens: usize) -> Cow<'a, [f32]> {
+        match &self.input_scale {
+            Some(inverse) if !inverse.is_empty() => {
+                assert_eq!(x.len(), n_tokens * self.in_features, "input of {n_tokens} rows of {}", self.in_features);
+                let mut scaled = vec![0.0f32; x.len()];
+                for (dst, src) in scaled.chunks_exact_mut(inverse.len()).zip(x.chunks_exact(inverse.len())) {
+                    for ((dst, &value), &factor) in dst.iter_mut().zip(src).zip(inverse) {
+                        *dst = value * factor;
+                    }
+                }
+                Cow::Owned(scaled)
+            }
+            _ => Cow::Borrowed(x),
         }
     }
 

@@ -7,7 +7,9 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
+use crate::dot::{PANEL_PAIR_BYTES, PANEL_ROWS};
 use crate::ggml::{
     self, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_1, Interleaved, QK,
 };
@@ -18,13 +20,16 @@ use crate::{Error, Result, Scheme, cast, dot};
 /// balance two to sixty-four threads on the BERT shapes (384 to 4096 rows).
 const ROWS_PER_TASK: usize = 16;
 
-/// Tokens handed to one rayon task by the int8 GEMM (even, so that the token pairs of the
-/// register tile are the same whatever the split): each task streams the weights once, and 16
-/// tokens of 4096 widened activations are 128 KiB, well inside the L2.
+/// Tokens handed to one rayon task by the int8 GEMM: each task quantizes its tokens once, into
+/// buffers its thread reuses. 16 to 96 tokens measured alike on one thread; the fewest keep
+/// short batches spread over several threads.
 const INT_TOKENS_PER_TASK: usize = 16;
 
-/// Rows of the int8 GEMM's register tile ([`dot::dot_i8_i16_6x2`]).
-const INT_TILE_ROWS: usize = 6;
+/// Tokens of a task that go through every panel before the next ones: each token's outputs are
+/// then written in order (one stream per token rather than one cache line per panel and token,
+/// which measured slower), and each panel, loaded once, serves the block's two tiles of four
+/// tokens. Blocks of 4 to 48 tokens measured alike on the MiniLM shapes.
+const INT_TOKENS_PER_BLOCK: usize = 8;
 
 /// From this many tokens on, products with f32 activations (f16 and bf16 weights, and
 /// [`QuantizedMatrix::gemm_weight_only`]) run on the dense GEMM over dequantized row tiles.
@@ -55,6 +60,9 @@ pub struct QuantizedMatrix {
     cols: usize,
     scheme: Scheme,
     weights: Weights,
+    /// Integer weights repacked for the GEMM's kernel, built by the first product of two or more
+    /// tokens (so a matrix only ever used for GEMV, or only written, pays nothing).
+    int_panels: OnceLock<IntPanels>,
 }
 
 #[derive(Debug, Clone)]
@@ -118,17 +126,141 @@ impl<Q: Interleaved> Quads<Q> {
     }
 }
 
+/// Integer weights in panels of [`PANEL_ROWS`] rows, packed by column pairs as
+/// [`dot::dot_i8_i16_16x4`] reads them, with each group padded to an even number of columns (a
+/// zero weight against a zero activation), and the panel rows' scales and zero points per group.
+/// Rows past the matrix are zero weights with scale 0; they are never written out.
+#[derive(Debug, Clone)]
+struct IntPanels {
+    /// Columns of a group, padded to even.
+    padded_group_len: usize,
+    /// Columns of a row: `n_groups * padded_group_len`.
+    padded_cols: usize,
+    /// `[rows.div_ceil(PANEL_ROWS), padded_cols / 2 * PANEL_PAIR_BYTES]`.
+    panels: Vec<i8>,
+    /// `[n_panels, n_groups]`: the scales of the panel's rows for each group.
+    scales: Vec<[f32; PANEL_ROWS]>,
+    /// The zero points in the layout of `scales`, for asymmetric schemes.
+    zero_points: Option<Vec<[i32; PANEL_ROWS]>>,
+}
+
+impl IntPanels {
+    fn new(weights: &IntMatrix) -> IntPanels {
+        let (rows, cols) = (weights.rows(), weights.cols());
+        let group_len = weights.group_len();
+        let n_groups = cols.checked_div(group_len).unwrap_or(0);
+        let padded_group_len = group_len.next_multiple_of(2);
+        let padded_cols = n_groups * padded_group_len;
+        let panel_len = padded_cols / 2 * PANEL_PAIR_BYTES;
+        let n_panels = rows.div_ceil(PANEL_ROWS);
+        let mut panels = vec![0i8; n_panels * panel_len];
+        for (row, values) in weights.values().chunks_exact(cols.max(1)).enumerate().take(rows) {
+            let panel = &mut panels[row / PANEL_ROWS * panel_len..][..panel_len];
+            for (col, &value) in values.iter().enumerate() {
+                let padded_col = col / group_len * padded_group_len + col % group_len;
+                panel[dot::panel_index(row % PANEL_ROWS, padded_col)] = value;
+            }
+        }
+        let params = |panel: usize, group: usize, r: usize| {
+            let row = panel * PANEL_ROWS + r;
+            if row < rows { weights.group_params(weights.group_index(row, group * group_len)) } else { (0.0, 0) }
+        };
+        let per_group = |panel: usize, group: usize| -> [(f32, i8); PANEL_ROWS] {
+            std::array::from_fn(|r| params(panel, group, r))
+        };
+        let all = (0..n_panels).flat_map(|panel| (0..n_groups).map(move |group| (panel, group)));
+        let scales = all.clone().map(|(panel, group)| per_group(panel, group).map(|(scale, _)| scale)).collect();
+        let zero_points = weights.zero_points().map(|_| {
+            all.map(|(panel, group)| per_group(panel, group).map(|(_, zero_point)| i32::from(zero_point))).collect()
+        });
+        IntPanels { padded_group_len, padded_cols, panels, scales, zero_points }
+    }
+}
+
+/// What [`QuantizedMatrix::linear`] fuses into the int8 GEMM: a per-channel input scale and a
+/// bias.
+#[derive(Clone, Copy)]
+struct Fused<'a> {
+    input_scale: Option<&'a [f32]>,
+    bias: Option<&'a [f32]>,
+}
+
+/// `x` (row-major, `input_scale.len()` columns) with column `j` multiplied by `input_scale[j]`.
+fn scale_channels(x: &[f32], input_scale: &[f32]) -> Vec<f32> {
+    let mut scaled = vec![0.0f32; x.len()];
+    if input_scale.is_empty() {
+        return scaled;
+    }
+    for (dst, src) in scaled.chunks_exact_mut(input_scale.len()).zip(x.chunks_exact(input_scale.len())) {
+        for ((dst, &value), &factor) in dst.iter_mut().zip(src).zip(input_scale) {
+            *dst = value * factor;
+        }
+    }
+    scaled
+}
+
+/// The buffers of one int8 GEMM task, reused by the tasks a thread runs.
+#[derive(Default)]
+struct IntTaskBuffers {
+    /// One token scaled per channel (for a fused input scale).
+    scaled: Vec<f32>,
+    /// One token quantized to int8.
+    token: Vec<i8>,
+    /// The task's tokens widened to i16, `[n_tokens, padded_cols]`.
+    wide: Vec<i16>,
+    /// Each token's scale.
+    scales: Vec<f32>,
+    /// `[n_tokens, n_groups]`: each group's sum of activations (asymmetric weights only).
+    group_sums: Vec<i32>,
+}
+
+impl IntTaskBuffers {
+    /// Quantizes the tokens of `x` (row-major, `cols` each; scaled per channel by
+    /// `input_scale` first, as [`scale_channels`] does) to int8 as every other path does, and
+    /// widens them into `wide` in the panels' padded column layout.
+    fn quantize(&mut self, x: &[f32], input_scale: Option<&[f32]>, cols: usize, group_len: usize, panels: &IntPanels) {
+        let n_tokens = x.len() / cols;
+        let padded_group_len = panels.padded_group_len;
+        let asymmetric = panels.zero_points.is_some();
+        self.token.resize(cols, 0);
+        self.scaled.resize(if input_scale.is_some() { cols } else { 0 }, 0.0);
+        // Every value is written below, padding included.
+        self.wide.resize(n_tokens * panels.padded_cols, 0);
+        self.scales.clear();
+        self.group_sums.clear();
+        for (token, wide) in x.chunks_exact(cols).zip(self.wide.chunks_exact_mut(panels.padded_cols)) {
+            let token = match input_scale {
+                Some(input_scale) => {
+                    for ((scaled, &value), &factor) in self.scaled.iter_mut().zip(token).zip(input_scale) {
+                        *scaled = value * factor;
+                    }
+                    &self.scaled
+                }
+                None => token,
+            };
+            self.scales.push(linear::quantize_activations_i8(token, &mut self.token));
+            for (values, wide) in self.token.chunks_exact(group_len).zip(wide.chunks_exact_mut(padded_group_len)) {
+                for (wide, &value) in wide.iter_mut().zip(values) {
+                    *wide = i16::from(value);
+                }
+                wide[group_len..].fill(0);
+                if asymmetric {
+                    self.group_sums.push(values.iter().map(|&v| i32::from(v)).sum());
+                }
+            }
+        }
+    }
+}
+
 /// Activations of the tokens, quantized once per call in the form the weights' dot needs.
 enum Activations {
     F32,
     Q8_0(Vec<BlockQ8_0>),
     Q8_1(Vec<BlockQ8_1>),
     /// Per-token int8 values and scales, with the per-group sums of the int8 values (for
-    /// asymmetric weights: `sum((q - z) * a) = sum(q * a) - z * sum(a)`), and for two or more
-    /// tokens the values widened to i16 (the GEMM tile's operand; empty for one token).
+    /// asymmetric weights: `sum((q - z) * a) = sum(q * a) - z * sum(a)`).
     I8 {
         values: Vec<i8>,
-        wide: Vec<i16>,
         scales: Vec<f32>,
         group_sums: Vec<i32>,
     },
@@ -207,7 +339,7 @@ impl QuantizedMatrix {
             Scheme::Q5_1 => Weights::Q5_1(blocks(weights, ggml::quantize_q5_1)),
             Scheme::Int(int) => Weights::Int(IntMatrix::quantize(weights, rows, cols, int)?),
         };
-        Ok(QuantizedMatrix { rows, cols, scheme, weights })
+        Ok(QuantizedMatrix { rows, cols, scheme, weights, int_panels: OnceLock::new() })
     }
 
     /// A matrix over weights already in the integer layout (a compressed-tensors file read back
@@ -218,6 +350,7 @@ impl QuantizedMatrix {
             cols: matrix.cols(),
             scheme: Scheme::Int(matrix.scheme()),
             weights: Weights::Int(matrix),
+            int_panels: OnceLock::new(),
         }
     }
 
@@ -300,7 +433,7 @@ impl QuantizedMatrix {
             }
             Scheme::Int(_) => unreachable!("integer schemes returned above"),
         };
-        Ok(QuantizedMatrix { rows, cols, scheme, weights })
+        Ok(QuantizedMatrix { rows, cols, scheme, weights, int_panels: OnceLock::new() })
     }
 
     /// Output features (rows of `W`).
@@ -383,8 +516,54 @@ impl QuantizedMatrix {
     /// # Panics
     /// If `x.len() != n_tokens * cols` or `y.len() != n_tokens * rows`.
     pub fn gemm(&self, x: &[f32], n_tokens: usize, y: &mut [f32]) {
+        self.linear(x, n_tokens, None, None, y);
+    }
+
+    /// `Y = (X diag(input_scale)) W^T + bias`: [`gemm`](Self::gemm) of the tokens with channel
+    /// `j` multiplied by `input_scale[j]` (SmoothQuant's `1 / s` for weights stored smoothed),
+    /// then the bias added to every token's outputs. The result is exactly that of scaling `x`
+    /// (`x * input_scale`, one f32 product per value), calling `gemm` and adding the bias (one f32
+    /// sum per output); with integer weights and several tokens both steps are fused into the
+    /// GEMM's passes, so neither the scaled input nor a second pass over `y` is needed.
+    ///
+    /// # Panics
+    /// If `x.len() != n_tokens * cols`, `y.len() != n_tokens * rows`, `input_scale` does not hold
+    /// `cols` factors or `bias` does not hold `rows` values.
+    pub fn linear(&self, x: &[f32], n_tokens: usize, input_scale: Option<&[f32]>, bias: Option<&[f32]>, y: &mut [f32]) {
+        self.check_lengths(x, n_tokens, y);
+        if let Some(input_scale) = input_scale {
+            assert_eq!(input_scale.len(), self.cols, "input_scale must hold one factor per column");
+        }
+        if let Some(bias) = bias {
+            assert_eq!(bias.len(), self.rows, "bias must hold one value per row");
+        }
+        if let Weights::Int(weights) = &self.weights
+            && n_tokens > 1
+        {
+            let kernel = dot::kernels(crate::isa::active())
+                .map_or(dot::scalar::gemm_i8_i16_f32 as dot::I8PanelKernel, |k| k.i8_i16_f32_panel);
+            self.run_int_panels(weights, x, n_tokens, Fused { input_scale, bias }, y, kernel);
+            return;
+        }
+        let scaled: Vec<f32>;
+        let x = match input_scale {
+            Some(input_scale) => {
+                scaled = scale_channels(x, input_scale);
+                &scaled
+            }
+            None => x,
+        };
         let activations = self.quantize_activations(x, n_tokens);
         self.run(x, n_tokens, y, &activations);
+        if let Some(bias) = bias
+            && !bias.is_empty()
+        {
+            for outputs in y.chunks_exact_mut(bias.len()) {
+                for (value, b) in outputs.iter_mut().zip(bias) {
+                    *value += b;
+                }
+            }
+        }
     }
 
     /// Like [`gemm`](Self::gemm), but the activations stay f32: each weight row is dequantized
@@ -423,8 +602,7 @@ impl QuantizedMatrix {
                 } else {
                     values.chunks(group).map(|g| g.iter().map(|&v| i32::from(v)).sum()).collect()
                 };
-                let wide = if n_tokens > 1 { values.iter().map(|&v| i16::from(v)).collect() } else { Vec::new() };
-                Activations::I8 { values, wide, scales, group_sums }
+                Activations::I8 { values, scales, group_sums }
             }
         }
     }
@@ -437,12 +615,6 @@ impl QuantizedMatrix {
         #[cfg(feature = "dense")]
         if matches!(activations, Activations::F32) && n_tokens >= DENSE_MIN_TOKENS {
             self.run_dense_tiles(x, n_tokens, y);
-            return;
-        }
-        if let (Weights::Int(weights), Activations::I8 { wide, scales, group_sums, .. }) = (&self.weights, activations)
-            && n_tokens > 1
-        {
-            self.run_int_tiles(weights, y, wide, scales, group_sums);
             return;
         }
         // Each task fills `[rows in task, n_tokens]` of the transposed output; one token needs no
@@ -502,70 +674,65 @@ impl QuantizedMatrix {
         }
     }
 
-    /// Integer weights and two or more tokens: register tiles of six rows by two tokens
-    /// ([`dot::dot_i8_i16_6x2`]) over the widened activations, written straight into `y`'s
-    /// `[n_tokens, rows]` layout. Rayon splits the tokens (in even-sized tasks, so the tiles are the
-    /// same for any split); the row panels are fixed from row 0, the last one padded with copies of
-    /// the last row, and the odd last token paired with itself. Each output takes the same f32
-    /// steps as in [`quad_outputs`](Self::quad_outputs), so GEMV and GEMM agree exactly.
-    fn run_int_tiles(&self, weights: &IntMatrix, y: &mut [f32], wide: &[i16], scales: &[f32], group_sums: &[i32]) {
+    /// Integer weights and two or more tokens: panels of sixteen rows packed once
+    /// ([`IntPanels`]) times the tokens widened to i16 ([`dot::gemm_i8_i16_f32`]), written
+    /// straight into `y`'s `[n_tokens, rows]` layout. Rayon splits the tokens; each task quantizes
+    /// its own tokens (scaling them by the fused input scale first), so they are still in cache
+    /// for the kernel, then runs blocks of them over every panel. The integer sums are exact, and
+    /// each output then takes the same f32 steps as in [`quad_outputs`](Self::quad_outputs) (per
+    /// group `sum += scale * integer`, in group order, then times the token's scale) and then the
+    /// bias's sum, so GEMV and GEMM agree exactly for any split.
+    fn run_int_panels(
+        &self,
+        weights: &IntMatrix,
+        x: &[f32],
+        n_tokens: usize,
+        fused: Fused<'_>,
+        y: &mut [f32],
+        kernel: dot::I8PanelKernel,
+    ) {
         let (rows, cols) = (self.rows, self.cols);
-        if cols == 0 {
-            y.fill(0.0);
+        if n_tokens == 0 || rows == 0 {
             return;
         }
-        let group = weights.group_len();
-        let groups_per_row = cols / group;
-        let asymmetric = weights.zero_points().is_some();
-        let kernel =
-            dot::kernels(crate::isa::active()).map_or(dot::scalar::dot_i8_i16_6x2 as dot::I8WideTile, |k| k.i8_i16_6x2);
-        y.par_chunks_mut(INT_TOKENS_PER_TASK * rows).enumerate().for_each(|(task, y_task)| {
-            let first_token = task * INT_TOKENS_PER_TASK;
-            let n_task_tokens = y_task.len() / rows;
-            let task_tokens = &wide[first_token * cols..][..n_task_tokens * cols];
-            let mut sums = vec![[[0i32; INT_TILE_ROWS]; 2]; n_task_tokens.div_ceil(2) * groups_per_row];
-            // Per group, the scales and zero points of the panel's rows.
-            let mut params: Vec<([f32; INT_TILE_ROWS], [i32; INT_TILE_ROWS])> = Vec::with_capacity(groups_per_row);
-            for panel_start in (0..rows).step_by(INT_TILE_ROWS) {
-                let n_panel = INT_TILE_ROWS.min(rows - panel_start);
-                let row_of = |r: usize| panel_start + r.min(n_panel - 1);
-                let weight_rows: [&[i8]; INT_TILE_ROWS] =
-                    std::array::from_fn(|r| &weights.values()[row_of(r) * cols..][..cols]);
-                params.clear();
-                params.extend((0..groups_per_row).map(|g| {
-                    let group_params: [(f32, i8); INT_TILE_ROWS] =
-                        std::array::from_fn(|r| weights.group_params(weights.group_index(row_of(r), g * group)));
-                    (group_params.map(|(scale, _)| scale), group_params.map(|(_, zero_point)| i32::from(zero_point)))
-                }));
-                kernel(weight_rows, task_tokens, group, &mut sums);
-                for (pair, pair_sums) in sums.chunks_exact(groups_per_row).enumerate() {
-                    for k in 0..2.min(n_task_tokens - 2 * pair) {
-                        let t = 2 * pair + k;
-                        let token = first_token + t;
-                        // The f32 steps of `quad_outputs`: per group `sum += scale * integer`, in
-                        // group order, then times the token's scale.
-                        let mut acc = [0.0f32; INT_TILE_ROWS];
-                        for (g, (tile, (group_scales, zero_points))) in pair_sums.iter().zip(&params).enumerate() {
-                            let integers = tile[k];
-                            if asymmetric {
-                                let activation_sum = group_sums[token * groups_per_row + g];
-                                for r in 0..INT_TILE_ROWS {
-                                    acc[r] += group_scales[r] * (integers[r] - zero_points[r] * activation_sum) as f32;
-                                }
-                            } else {
-                                for r in 0..INT_TILE_ROWS {
-                                    acc[r] += group_scales[r] * integers[r] as f32;
-                                }
-                            }
-                        }
-                        let token_scale = scales[token];
-                        for (out, acc) in y_task[t * rows + panel_start..][..n_panel].iter_mut().zip(acc) {
-                            *out = acc * token_scale;
-                        }
-                    }
+        if cols == 0 {
+            // Empty sums, then the bias (as the unfused steps would give).
+            for outputs in y.chunks_exact_mut(rows) {
+                match fused.bias {
+                    Some(bias) => outputs.iter_mut().zip(bias).for_each(|(value, b)| *value = 0.0 + b),
+                    None => outputs.fill(0.0),
                 }
             }
-        });
+            return;
+        }
+        let packed = self.int_panels.get_or_init(|| IntPanels::new(weights));
+        let group_len = weights.group_len();
+        let n_groups = cols / group_len;
+        let padded_cols = packed.padded_cols;
+        let shape = dot::PanelShape { rows, cols: padded_cols, group_len: packed.padded_group_len };
+        y.par_chunks_mut(INT_TOKENS_PER_TASK * rows).enumerate().for_each_init(
+            IntTaskBuffers::default,
+            |buffers, (task, y_task)| {
+                let first_token = task * INT_TOKENS_PER_TASK;
+                let n_task_tokens = y_task.len() / rows;
+                let x_task = &x[first_token * cols..][..n_task_tokens * cols];
+                buffers.quantize(x_task, fused.input_scale, cols, group_len, packed);
+                let IntTaskBuffers { wide, scales, group_sums, .. } = buffers;
+                for first in (0..n_task_tokens).step_by(INT_TOKENS_PER_BLOCK) {
+                    let n_block = INT_TOKENS_PER_BLOCK.min(n_task_tokens - first);
+                    let block_sums =
+                        packed.zero_points.as_ref().map(|_| &group_sums[first * n_groups..][..n_block * n_groups]);
+                    let scales = dot::PanelScales {
+                        weight_scales: &packed.scales,
+                        zero_points: packed.zero_points.as_deref().zip(block_sums),
+                        token_scales: &scales[first..first + n_block],
+                        bias: fused.bias,
+                    };
+                    let out = dot::PanelOutput { values: &mut y_task[first * rows..][..n_block * rows], stride: rows };
+                    kernel(&packed.panels, shape, &wide[first * padded_cols..][..n_block * padded_cols], scales, out);
+                }
+            },
+        );
     }
 
     /// The outputs of the four weight rows from `row` for every token (`outputs` is `[4, n_tokens]`)
@@ -896,9 +1063,9 @@ mod tests {
 
     #[test]
     fn int_gemm_is_gemv_per_token_for_any_split() {
-        // 37 tokens span three tasks of the int8 GEMM (the last one odd), 13 rows three tiles
-        // (the last one padded).
-        let (rows, cols, n_tokens) = (13, 96, 37);
+        // 37 tokens span three tasks of the int8 GEMM (the last one of 5 tokens: a tile of four
+        // and one of a single token), 37 rows three panels (the last one padded).
+        let (rows, cols, n_tokens) = (37, 96, 2 * INT_TOKENS_PER_TASK + 5);
         let weights = values(rows * cols, 11);
         let mut x = values(n_tokens * cols, 12);
         // A token of zeros (zero scale) and one with a single outlier.
@@ -920,11 +1087,104 @@ mod tests {
                 matrix.gemv(token, &mut single);
                 assert_eq!(bits(&single), bits(expected), "{name}: token {t}");
             }
-            // Two tokens (one task, one pair) agree with the first two of the long run.
+            // Two tokens (one task, one tile) agree with the first two of the long run.
             let mut two = vec![f32::NAN; 2 * rows];
             matrix.gemm(&x[..2 * cols], 2, &mut two);
             assert_eq!(bits(&two), bits(&y[..2 * rows]), "{name}: two tokens");
         }
+    }
+
+    #[test]
+    fn int_panels_are_identical_on_every_isa_and_to_the_unfused_steps() {
+        // Odd shapes: rows around the panel's 16, 1 to 13 tokens (tiles of four and a partial
+        // one), groups of even and odd lengths (padded), symmetric and asymmetric weights.
+        let kernels: Vec<(crate::Isa, dot::I8PanelKernel)> = crate::Isa::supported()
+            .into_iter()
+            .map(|isa| (isa, dot::kernels(isa).expect("supported isa has a table").i8_i16_f32_panel))
+            .collect();
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for (name, cols) in [
+            ("int8-channel", 64),
+            ("int8-channel", 33),
+            ("int8-tensor", 96),
+            ("int8-g32", 96),
+            ("int8-g3", 96),
+            ("int8-channel-asym", 64),
+            ("int4-g32-asym", 96),
+        ] {
+            for rows in [1, 5, 16, 17, 37] {
+                let weights = values(rows * cols, 13);
+                let matrix = QuantizedMatrix::quantize(&weights, rows, cols, name.parse().unwrap()).unwrap();
+                let Weights::Int(int) = &matrix.weights else { unreachable!("an integer scheme") };
+                let input_scale: Vec<f32> = (0..cols).map(|j| 0.25 + (j % 5) as f32 * 0.5).collect();
+                let bias = values(rows, 14);
+                for n_tokens in 1..=13 {
+                    let mut x = values(n_tokens * cols, 15 + n_tokens as u32);
+                    x[..cols].fill(0.0);
+                    x[(n_tokens - 1) * cols] = -3e3;
+                    // The unfused steps: scale the input, one GEMV per token, add the bias.
+                    let scaled = scale_channels(&x, &input_scale);
+                    let mut plain = vec![f32::NAN; n_tokens * rows];
+                    let mut smoothed = vec![f32::NAN; n_tokens * rows];
+                    for t in 0..n_tokens {
+                        let span = t * cols..(t + 1) * cols;
+                        matrix.gemv(&x[span.clone()], &mut plain[t * rows..(t + 1) * rows]);
+                        matrix.gemv(&scaled[span], &mut smoothed[t * rows..(t + 1) * rows]);
+                    }
+                    for (value, b) in smoothed.iter_mut().zip(bias.iter().cycle()) {
+                        *value += b;
+                    }
+                    let what = format!("{name}, {rows} x {cols}, {n_tokens} tokens");
+                    for &(isa, kernel) in &kernels {
+                        let mut y = vec![f32::NAN; n_tokens * rows];
+                        let none = Fused { input_scale: None, bias: None };
+                        matrix.run_int_panels(int, &x, n_tokens, none, &mut y, kernel);
+                        assert_eq!(bits(&y), bits(&plain), "{what}, {isa:?}");
+                        let fused = Fused { input_scale: Some(&input_scale), bias: Some(&bias) };
+                        matrix.run_int_panels(int, &x, n_tokens, fused, &mut y, kernel);
+                        assert_eq!(bits(&y), bits(&smoothed), "{what}, {isa:?}, fused");
+                    }
+                    let mut y = vec![f32::NAN; n_tokens * rows];
+                    matrix.linear(&x, n_tokens, Some(&input_scale), Some(&bias), &mut y);
+                    assert_eq!(bits(&y), bits(&smoothed), "{what}, linear");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn linear_fuses_what_it_would_otherwise_add() {
+        // Every scheme, one and several tokens: `linear` equals gemm of the scaled input, plus
+        // the bias, bit for bit.
+        let (rows, cols) = (21, 64);
+        let weights = values(rows * cols, 16);
+        let input_scale: Vec<f32> = (0..cols).map(|j| 2.0 - (j % 7) as f32 * 0.25).collect();
+        let bias = values(rows, 17);
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for name in SCHEMES {
+            let matrix = QuantizedMatrix::quantize(&weights, rows, cols, name.parse().unwrap()).unwrap();
+            for n_tokens in [1, 2, 9] {
+                let x = values(n_tokens * cols, 18);
+                let mut expected = vec![f32::NAN; n_tokens * rows];
+                matrix.gemm(&scale_channels(&x, &input_scale), n_tokens, &mut expected);
+                for (value, b) in expected.iter_mut().zip(bias.iter().cycle()) {
+                    *value += b;
+                }
+                let mut y = vec![f32::NAN; n_tokens * rows];
+                matrix.linear(&x, n_tokens, Some(&input_scale), Some(&bias), &mut y);
+                assert_eq!(bits(&y), bits(&expected), "{name}, {n_tokens} tokens");
+            }
+        }
+        let matrix = QuantizedMatrix::quantize(&weights, rows, cols, Scheme::Q8_0).unwrap();
+        let call = |scale_len: usize, bias_len: usize| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut y = vec![0.0; 2 * rows];
+                matrix.linear(&vec![0.0; 2 * cols], 2, Some(&vec![1.0; scale_len]), Some(&vec![0.0; bias_len]), &mut y)
+            }))
+        };
+        assert!(call(cols, rows).is_ok());
+        assert!(call(cols - 1, rows).is_err());
+        assert!(call(cols, rows + 1).is_err());
     }
 
     #[test]

@@ -22,8 +22,9 @@
 //! Every path computes the integer parts exactly for every input, including -128 in an
 //! activation block (which ggml's AVX2 `sign` trick gets wrong against a negative weight; its
 //! quantizers never write -128), and [`dot_i8_i8`] is identical on every path: the i32 sum is
-//! exact while it fits and otherwise wraps modulo 2^32. So is every sum of the int8 GEMM tile
-//! [`dot_i8_i16_6x2`].
+//! exact while it fits and otherwise wraps modulo 2^32. So is every integer sum of the int8 GEMM
+//! kernel [`gemm_i8_i16_f32`], whose f32 outputs are then identical on every path too (each
+//! takes the same f32 operations in the same order).
 //!
 //! The f32 results of a SIMD path differ from the scalar reference only in the order of the f32
 //! operations. For `n` blocks, with `A` the sum over blocks of
@@ -47,13 +48,54 @@ use std::sync::OnceLock;
 use crate::Isa;
 use crate::ggml::{BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_1};
 
-/// The int8 GEMM tile: four weight rows times two tokens, `result[token][row]`.
+/// Four int8 weight rows times two int8 tokens, `result[token][row]` (see [`dot_i8_i8_4x2`]).
 pub type I8Tile = fn([&[i8]; 4], [&[i8]; 2]) -> [[i32; 4]; 2];
 
-/// The int8 GEMM's register tile: six weight rows times each pair of tokens widened to i16,
-/// summed per group of columns into `sums[pair * n_groups + group][token of the pair][row]` (see
-/// [`dot_i8_i16_6x2`]).
-pub type I8WideTile = fn([&[i8]; 6], &[i16], usize, &mut [[[i32; 6]; 2]]);
+/// Weight rows in one panel of the int8 GEMM (see [`gemm_i8_i16_f32`]).
+pub const PANEL_ROWS: usize = 16;
+
+/// Bytes of one column pair of a panel: two columns of [`PANEL_ROWS`] weights.
+pub const PANEL_PAIR_BYTES: usize = 2 * PANEL_ROWS;
+
+/// The layout of int8 weights packed for [`gemm_i8_i16_f32`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PanelShape {
+    /// Output rows; the weights hold `rows.div_ceil(PANEL_ROWS)` panels, the last one padded
+    /// with rows of zeros.
+    pub rows: usize,
+    /// Columns of every row (and every token), even: each group padded to an even length.
+    pub cols: usize,
+    /// Columns of a group of weights sharing a scale: even, non-zero, a divisor of `cols`.
+    pub group_len: usize,
+}
+
+/// The f32 side of the int8 GEMM kernel ([`gemm_i8_i16_f32`]): what turns each group's integer
+/// sums into outputs.
+#[derive(Debug, Clone, Copy)]
+pub struct PanelScales<'a> {
+    /// `[n_panels, n_groups]`: the weight scales of each panel's rows in each group of columns.
+    pub weight_scales: &'a [[f32; PANEL_ROWS]],
+    /// For asymmetric weights: `[n_panels, n_groups]` zero points of each panel's rows, and
+    /// `[n_tokens, n_groups]` sums of each token's (int8) activations over each group.
+    pub zero_points: Option<(&'a [[i32; PANEL_ROWS]], &'a [i32])>,
+    /// `[n_tokens]`: each token's activation scale (this also gives the number of tokens).
+    pub token_scales: &'a [f32],
+    /// `[rows]`: the bias, added last.
+    pub bias: Option<&'a [f32]>,
+}
+
+/// Where [`gemm_i8_i16_f32`] writes: token `t`'s output of row `r` at `values[t * stride + r]`.
+#[derive(Debug)]
+pub struct PanelOutput<'a> {
+    /// The outputs, from token 0's first row.
+    pub values: &'a mut [f32],
+    /// Distance between two tokens' outputs, at least the rows.
+    pub stride: usize,
+}
+
+/// The int8 GEMM's kernel: packed int8 weights times every token (widened to i16), scaled to
+/// f32 (see [`gemm_i8_i16_f32`]).
+pub type I8PanelKernel = fn(&[i8], PanelShape, &[i16], PanelScales<'_>, PanelOutput<'_>);
 
 /// The dot-product kernels of one instruction set. Every kernel panics when its operands differ
 /// in length; otherwise all agree with the scalar ones as the [module docs](self) state.
@@ -72,7 +114,7 @@ pub struct DotKernels {
     pub q4_0x4_q8_0: fn(&[BlockQ4_0x4], &[BlockQ8_0]) -> [f32; 4],
     pub i8_i8_x4: fn([&[i8]; 4], &[i8]) -> [i32; 4],
     pub i8_i8_4x2: I8Tile,
-    pub i8_i16_6x2: I8WideTile,
+    pub i8_i16_f32_panel: I8PanelKernel,
 }
 
 const SCALAR: DotKernels = DotKernels {
@@ -88,7 +130,7 @@ const SCALAR: DotKernels = DotKernels {
     q4_0x4_q8_0: scalar::dot_q4_0x4_q8_0,
     i8_i8_x4: scalar::dot_i8_i8_x4,
     i8_i8_4x2: scalar::dot_i8_i8_4x2,
-    i8_i16_6x2: scalar::dot_i8_i16_6x2,
+    i8_i16_f32_panel: scalar::gemm_i8_i16_f32,
 };
 
 /// The kernels of `isa`, or `None` when this CPU cannot run them.
@@ -108,29 +150,62 @@ fn dispatched() -> &'static DotKernels {
     DISPATCHED.get_or_init(|| kernels(crate::isa::active()).unwrap_or(&SCALAR))
 }
 
-/// The shape check of [`dot_i8_i16_6x2`]; gives the row length, the number of tokens and the
-/// number of groups.
+/// The shape check of [`gemm_i8_i16_f32`]; gives the number of panels, of tokens and of groups.
 #[track_caller]
-pub(crate) fn assert_tile_shape(
-    rows: [&[i8]; 6],
+pub(crate) fn assert_panel_shape(
+    panels: &[i8],
+    shape: PanelShape,
     tokens: &[i16],
-    group_len: usize,
-    n_sums: usize,
+    scales: &PanelScales<'_>,
+    out: &PanelOutput<'_>,
 ) -> (usize, usize, usize) {
-    let len = rows[0].len();
-    for row in rows {
-        assert_same_len(row.len(), len);
-    }
-    let n_tokens = tokens.len().checked_div(len).unwrap_or(0);
-    let n_groups = len.checked_div(group_len).unwrap_or(0);
-    assert!(n_tokens * len == tokens.len(), "{} activations are not whole tokens of {len}", tokens.len());
-    assert!(n_groups * group_len == len, "groups of {group_len} columns do not cover rows of {len}");
-    let expected = n_tokens.div_ceil(2) * n_groups;
+    let PanelShape { rows, cols, group_len } = shape;
+    assert!(cols % 2 == 0, "{cols} columns are not whole pairs");
+    assert!(group_len > 0 && group_len % 2 == 0, "groups of {group_len} columns are not whole pairs");
+    let n_groups = cols / group_len;
+    assert!(n_groups * group_len == cols, "groups of {group_len} columns do not cover {cols}");
+    let n_panels = rows.div_ceil(PANEL_ROWS);
+    let expected = n_panels * cols / 2 * PANEL_PAIR_BYTES;
     assert!(
-        n_sums == expected,
-        "{n_sums} tiles of sums for {n_tokens} tokens and {n_groups} groups (expected {expected})"
+        panels.len() == expected,
+        "{} bytes of panels for {rows} rows of {cols} (expected {expected})",
+        panels.len()
     );
-    (len, n_tokens, n_groups)
+    let n_tokens = scales.token_scales.len();
+    assert!(tokens.len() == n_tokens * cols, "{} activations are not {n_tokens} tokens of {cols}", tokens.len());
+    let n_tables = n_panels * n_groups;
+    assert!(
+        scales.weight_scales.len() == n_tables,
+        "{} groups of weight scales for {n_panels} panels of {n_groups} groups",
+        scales.weight_scales.len()
+    );
+    if let Some((zero_points, activation_sums)) = scales.zero_points {
+        assert!(
+            zero_points.len() == n_tables,
+            "{} groups of zero points for {n_panels} panels of {n_groups} groups",
+            zero_points.len()
+        );
+        assert!(
+            activation_sums.len() == n_tokens * n_groups,
+            "{} activation sums for {n_tokens} tokens and {n_groups} groups",
+            activation_sums.len()
+        );
+    }
+    if let Some(bias) = scales.bias {
+        assert!(bias.len() == rows, "{} bias values for {rows} rows", bias.len());
+    }
+    if n_tokens > 0 {
+        assert!(n_tokens == 1 || out.stride >= rows, "outputs of {rows} rows overlap at stride {}", out.stride);
+        let needed = (n_tokens - 1) * out.stride + rows;
+        assert!(out.values.len() >= needed, "{} outputs where {needed} are written", out.values.len());
+    }
+    (n_panels, n_tokens, n_groups)
+}
+
+/// Weight `(row, col)` of a packed panel (see [`gemm_i8_i16_f32`] for the layout).
+#[inline]
+pub(crate) fn panel_index(row: usize, col: usize) -> usize {
+    col / 2 * PANEL_PAIR_BYTES + row / 8 * 16 + row % 8 * 2 + col % 2
 }
 
 /// The length check every kernel starts with.
@@ -180,7 +255,7 @@ dispatched_kernels_x4! {
 }
 
 /// Four int8 rows times two int8 tokens: `result[t][r]` is [`dot_i8_i8`] of `rows[r]` and
-/// `tokens[t]`, identical on every path (the tile of the int8 GEMM).
+/// `tokens[t]`, identical on every path.
 ///
 /// # Panics
 /// If the rows and tokens differ in length.
@@ -188,18 +263,37 @@ pub fn dot_i8_i8_4x2(rows: [&[i8]; 4], tokens: [&[i8]; 2]) -> [[i32; 4]; 2] {
     (dispatched().i8_i8_4x2)(rows, tokens)
 }
 
-/// Six int8 weight rows times every token of `tokens` (row-major, as many columns as the rows;
-/// int8 activations widened to i16 once per GEMM), taken in pairs `(2p, 2p + 1)` (an odd last
-/// token is paired with itself) and summed per group of `group_len` columns:
-/// `sums[p * n_groups + g][k][r]` is the wrapping i32 sum of `rows[r][c] * tokens[2p + k][c]` over
-/// the columns of group `g`, identical on every path. This is the register tile of the int8 GEMM;
-/// for int8 activations each sum is [`dot_i8_i8`] of the group's spans.
+/// The int8 GEMM's kernel: int8 weight rows packed in panels of [`PANEL_ROWS`] times every token
+/// of `tokens` (row-major i16 of `shape.cols`: int8 activations widened once per GEMM), scaled
+/// to f32 and written to `out`.
+///
+/// For token `t` and row `r`, with `integer[g]` the wrapping i32 sum of `w[r][c] * tokens[t][c]`
+/// over the columns `c` of group `g` (for int8 activations, [`dot_i8_i8`] of the group's spans),
+/// minus `zero_point[g][r] * activation_sum[t][g]` (wrapping) for asymmetric weights, the output
+/// is `((0.0 + s[0][r] * integer[0] as f32) + s[1][r] * integer[1] as f32 + ...) *
+/// token_scale[t]`, plus `bias[r]` if any: one f32 product and one sum per group in group
+/// order, then one product and one sum, as the GEMV's scalar steps. Identical on every path.
+///
+/// Each panel holds `cols / 2` column pairs of [`PANEL_PAIR_BYTES`], so that one vector holds
+/// eight rows' weights of two adjacent columns (the operand `madd` multiplies with a broadcast
+/// pair of activations): weight `(r, c)` of a panel is its byte `c / 2 * 32 + r / 8 * 16 + r % 8 *
+/// 2 + c % 2`, that is, per column pair, rows 0..8 then rows 8..16, each row's two weights side
+/// by side. Panel `p` holds rows `16 p..16 p + 16`.
 ///
 /// # Panics
-/// If the rows differ in length, `tokens` is not a whole number of rows' lengths, the groups do
-/// not cover a row exactly, or `sums` does not hold one tile per pair of tokens and group.
-pub fn dot_i8_i16_6x2(rows: [&[i8]; 6], tokens: &[i16], group_len: usize, sums: &mut [[[i32; 6]; 2]]) {
-    (dispatched().i8_i16_6x2)(rows, tokens, group_len, sums)
+/// If the shape's columns or group length are odd (or the group length zero or not a divisor of
+/// the columns), `panels` does not hold the shape's panels, `tokens` is not one row of `cols` per
+/// token scale, a scale or zero point table is not one entry per panel and group, the
+/// activation sums are not one per token and group, the bias is not one value per row, or `out`
+/// is too short for the rows at its stride (or its stride below the rows).
+pub fn gemm_i8_i16_f32(
+    panels: &[i8],
+    shape: PanelShape,
+    tokens: &[i16],
+    scales: PanelScales<'_>,
+    out: PanelOutput<'_>,
+) {
+    (dispatched().i8_i16_f32_panel)(panels, shape, tokens, scales, out)
 }
 
 #[cfg(test)]
@@ -208,7 +302,7 @@ mod tests {
     use std::panic::{AssertUnwindSafe, catch_unwind};
 
     use half::f16;
-    use proptest::array::{uniform4, uniform6, uniform16, uniform32};
+    use proptest::array::{uniform4, uniform16, uniform32};
     use proptest::collection::vec;
     use proptest::prelude::*;
 
@@ -339,6 +433,154 @@ mod tests {
         uniform32(int8())
     }
 
+    /// `rows` (each `len` weights) packed in panels as [`gemm_i8_i16_f32`] reads them.
+    fn pack_panels(rows: &[Vec<i8>], len: usize) -> Vec<i8> {
+        let panel_len = len / 2 * PANEL_PAIR_BYTES;
+        let mut panels = vec![0i8; rows.len().div_ceil(PANEL_ROWS) * panel_len];
+        for (r, row) in rows.iter().enumerate() {
+            for (c, &w) in row.iter().enumerate() {
+                panels[r / PANEL_ROWS * panel_len + panel_index(r % PANEL_ROWS, c)] = w;
+            }
+        }
+        panels
+    }
+
+    /// One case of the int8 GEMM kernel: weights, activations and everything that scales them.
+    #[derive(Debug, Clone)]
+    struct PanelCase {
+        rows: Vec<Vec<i8>>,
+        len: usize,
+        group_len: usize,
+        tokens: Vec<i16>,
+        weight_scales: Vec<[f32; PANEL_ROWS]>,
+        zero_points: Option<(Vec<[i32; PANEL_ROWS]>, Vec<i32>)>,
+        token_scales: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        stride: usize,
+    }
+
+    impl PanelCase {
+        fn shape(&self) -> PanelShape {
+            PanelShape { rows: self.rows.len(), cols: self.len, group_len: self.group_len }
+        }
+
+        fn scales(&self) -> PanelScales<'_> {
+            PanelScales {
+                weight_scales: &self.weight_scales,
+                zero_points: self.zero_points.as_ref().map(|(z, sums)| (&z[..], &sums[..])),
+                token_scales: &self.token_scales,
+                bias: self.bias.as_deref(),
+            }
+        }
+
+        /// The outputs by the formula of [`gemm_i8_i16_f32`], with the integer sums taken exactly
+        /// in i64 and then wrapped, and `NAN_PATTERN` wherever nothing is written.
+        fn expected(&self) -> Vec<u32> {
+            let n_groups = self.len / self.group_len;
+            let mut out = vec![NAN_PATTERN; self.out_len()];
+            for (t, &token_scale) in self.token_scales.iter().enumerate() {
+                for (r, row) in self.rows.iter().enumerate() {
+                    let mut acc = 0.0f32;
+                    for g in 0..n_groups {
+                        let table = r / PANEL_ROWS * n_groups + g;
+                        let span = g * self.group_len..(g + 1) * self.group_len;
+                        let exact: i64 =
+                            span.map(|c| i64::from(row[c]) * i64::from(self.tokens[t * self.len + c])).sum();
+                        let mut integer = exact as i32;
+                        if let Some((zero_points, sums)) = &self.zero_points {
+                            let offset =
+                                i64::from(zero_points[table][r % PANEL_ROWS]) * i64::from(sums[t * n_groups + g]);
+                            integer = (i64::from(integer) - offset) as i32;
+                        }
+                        acc += self.weight_scales[table][r % PANEL_ROWS] * integer as f32;
+                    }
+                    let mut value = acc * token_scale;
+                    if let Some(bias) = &self.bias {
+                        value += bias[r];
+                    }
+                    out[t * self.stride + r] = value.to_bits();
+                }
+            }
+            out
+        }
+
+        fn out_len(&self) -> usize {
+            // Room past the last token's rows, to see that nothing is written there.
+            self.token_scales.len() * self.stride + 3
+        }
+    }
+
+    /// What the outputs hold before the kernel runs: a NaN no kernel computes.
+    const NAN_PATTERN: u32 = 0x7fc0_1234;
+
+    /// Finite scales with the extremes (zero, both signs, tiny and huge); the f32 steps are
+    /// compared bit for bit, overflow and NaN included.
+    fn panel_scale() -> impl Strategy<Value = f32> + Clone {
+        prop_oneof![
+            6 => -2.0f32..2.0,
+            1 => Just(0.0f32),
+            1 => Just(-0.0f32),
+            1 => Just(f32::MIN_POSITIVE),
+            1 => Just(1e30f32),
+            1 => Just(f32::from_bits(1)),
+        ]
+    }
+
+    /// Panel cases: 1..=20 pairs per group, 0..=4 groups, 0..=13 tokens, 0..=40 rows (up to three
+    /// panels, the last one partial), optional zero points and bias, a stride of at least the
+    /// rows.
+    fn panel_case() -> impl Strategy<Value = PanelCase> {
+        (1usize..=20, 0usize..=4, 0usize..=13, 0usize..=40, 0usize..=3).prop_flat_map(
+            |(pairs_per_group, n_groups, n_tokens, n_rows, extra)| {
+                let len = 2 * pairs_per_group * n_groups;
+                let n_tables = n_rows.div_ceil(PANEL_ROWS) * n_groups;
+                let token = prop_oneof![
+                    4 => any::<i16>(), 1 => Just(i16::MIN), 1 => Just(i16::MAX), 4 => int8().prop_map(i16::from)
+                ];
+                let zero_points = (
+                    vec(uniform16(any::<i8>().prop_map(i32::from)), n_tables),
+                    vec(prop_oneof![any::<i32>(), (-4064i32..=4064)], n_tokens * n_groups),
+                );
+                (
+                    vec(vec(int8(), len), n_rows),
+                    vec(token, len * n_tokens),
+                    vec(uniform16(panel_scale()), n_tables),
+                    proptest::option::of(zero_points),
+                    vec(panel_scale(), n_tokens),
+                    proptest::option::of(vec(panel_scale(), n_rows)),
+                )
+                    .prop_map(move |(rows, tokens, weight_scales, zero_points, token_scales, bias)| {
+                        PanelCase {
+                            rows,
+                            len,
+                            group_len: 2 * pairs_per_group,
+                            tokens,
+                            weight_scales,
+                            zero_points,
+                            token_scales,
+                            bias,
+                            stride: n_rows + extra,
+                        }
+                    })
+            },
+        )
+    }
+
+    /// Checks every table's int8 GEMM kernel bit for bit against the formula, and that nothing
+    /// outside the outputs' rows is written.
+    fn check_panels(case: &PanelCase) -> Result<(), TestCaseError> {
+        let panels = pack_panels(&case.rows, case.len);
+        let expected = case.expected();
+        for table in tables() {
+            let mut out: Vec<f32> = vec![f32::from_bits(NAN_PATTERN); case.out_len()];
+            let output = PanelOutput { values: &mut out, stride: case.stride };
+            (table.i8_i16_f32_panel)(&panels, case.shape(), &case.tokens, case.scales(), output);
+            let found: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+            prop_assert_eq!(&found, &expected, "{}", table.isa.name());
+        }
+        Ok(())
+    }
+
     fn q8_0(d: impl Strategy<Value = f16>) -> impl Strategy<Value = BlockQ8_0> {
         (d, activations()).prop_map(|(d, qs)| BlockQ8_0 { d, qs })
     }
@@ -458,40 +700,8 @@ mod tests {
         }
 
         #[test]
-        fn i8_i16_6x2_is_exact(
-            (rows, tokens, group_len) in (1usize..=40, 1usize..=4, 1usize..=5).prop_flat_map(|(group_len, n_groups, n_tokens)| {
-                let len = group_len * n_groups;
-                let token = prop_oneof![4 => any::<i16>(), 1 => Just(i16::MIN), 1 => Just(i16::MAX), 4 => int8().prop_map(i16::from)];
-                (uniform6(vec(int8(), len)), vec(token, len * n_tokens), Just(group_len))
-            })
-        ) {
-            let len = rows[0].len();
-            let n_tokens = tokens.len() / len;
-            let n_groups = len / group_len;
-            let rows = rows.each_ref().map(Vec::as_slice);
-            for table in tables() {
-                let mut sums = vec![[[i32::MIN; 6]; 2]; n_tokens.div_ceil(2) * n_groups];
-                (table.i8_i16_6x2)(rows, &tokens, group_len, &mut sums);
-                for (index, tile) in sums.iter().enumerate() {
-                    let (pair, g) = (index / n_groups, index % n_groups);
-                    let span = g * group_len..(g + 1) * group_len;
-                    for (k, sums) in tile.iter().enumerate() {
-                        let t = (2 * pair + k).min(n_tokens - 1);
-                        let token = &tokens[t * len..][span.clone()];
-                        for (r, row) in rows.iter().enumerate() {
-                            let exact: i64 = row[span.clone()].iter().zip(token).map(|(&w, &a)| i64::from(w) * i64::from(a)).sum();
-                            prop_assert_eq!(i64::from(sums[r]), exact, "{} pair {} token {} group {} row {}", table.isa.name(), pair, k, g, r);
-                        }
-                    }
-                }
-                // With int8 activations every sum is `dot_i8_i8` of the group's spans.
-                if tokens.iter().all(|&a| i8::try_from(a).is_ok()) {
-                    let narrow: Vec<i8> = tokens.iter().map(|&a| a as i8).collect();
-                    let t = n_tokens - 1;
-                    let expected = scalar::dot_i8_i8(&rows[5][..group_len], &narrow[t * len..][..group_len]);
-                    prop_assert_eq!(sums[(n_tokens - 1) / 2 * n_groups][t % 2][5], expected, "{}", table.isa.name());
-                }
-            }
+        fn i8_i16_f32_panel_matches_the_formula(case in panel_case()) {
+            check_panels(&case)?;
         }
 
         #[test]
@@ -830,32 +1040,61 @@ mod tests {
     }
 
     #[test]
-    fn i8_i16_6x2_shapes_and_wrapping() {
-        // Sums past i32 wrap identically on every path: 100003 products of -128 * -32768 (2^22).
-        let len = 100_003;
-        let row = vec![i8::MIN; len];
-        let token = vec![i16::MIN; len];
+    fn i8_i16_f32_panel_wraps_and_checks_shapes() {
+        // Sums past i32 wrap identically on every path: 100004 products of -128 * -32768 (2^22),
+        // with scales of 1 (the wrapped sum is a multiple of 2^22, exact in f32).
+        let len = 100_004;
+        let panel = vec![i8::MIN; len / 2 * PANEL_PAIR_BYTES];
+        let tokens = vec![i16::MIN; 5 * len];
         let wrapped = (0..len).fold(0i32, |sum, _| sum.wrapping_add(1 << 22));
         assert_ne!(wrapped, 0);
+        let ones = [[1.0f32; PANEL_ROWS]];
+        let token_scales = [1.0f32; 5];
+        let scales = PanelScales { weight_scales: &ones, zero_points: None, token_scales: &token_scales, bias: None };
+        let shape = PanelShape { rows: PANEL_ROWS, cols: len, group_len: len };
         for table in tables() {
-            let mut sums = vec![[[0; 6]; 2]; 1];
-            (table.i8_i16_6x2)([&row[..]; 6], &token, len, &mut sums);
-            assert_eq!(sums[0], [[wrapped; 6]; 2], "{}", table.isa.name());
-            // No columns: nothing to sum, whatever the group length.
-            (table.i8_i16_6x2)([&[][..]; 6], &[], 16, &mut []);
+            let mut out = vec![0.0f32; 5 * PANEL_ROWS];
+            (table.i8_i16_f32_panel)(
+                &panel,
+                shape,
+                &tokens,
+                scales,
+                PanelOutput { values: &mut out, stride: PANEL_ROWS },
+            );
+            assert_eq!(out, vec![wrapped as f32; 5 * PANEL_ROWS], "{}", table.isa.name());
+            // No columns: `0.0 * token_scale + bias`. No tokens or no rows: nothing written.
+            let bias = [0.5f32, -2.0];
+            let empty = PanelScales { weight_scales: &[], zero_points: None, token_scales: &[3.0], bias: Some(&bias) };
+            let mut out = vec![f32::NAN; 2];
+            let no_columns = PanelShape { rows: 2, cols: 0, group_len: 2 };
+            (table.i8_i16_f32_panel)(&[], no_columns, &[], empty, PanelOutput { values: &mut out, stride: 2 });
+            assert_eq!(out, bias, "{}", table.isa.name());
+            let none = PanelScales { weight_scales: &ones, zero_points: None, token_scales: &[], bias: None };
+            let two_pairs = PanelShape { rows: 16, cols: 4, group_len: 4 };
+            (table.i8_i16_f32_panel)(&panel[..64], two_pairs, &[], none, PanelOutput { values: &mut [], stride: 0 });
+            let no_rows = PanelShape { rows: 0, cols: 4, group_len: 4 };
+            let one = PanelScales { weight_scales: &[], zero_points: None, token_scales: &[1.0], bias: None };
+            (table.i8_i16_f32_panel)(&[], no_rows, &[0; 4], one, PanelOutput { values: &mut [], stride: 0 });
         }
-        let shape = |rows: [&[i8]; 6], tokens: &[i16], group_len: usize, n_sums: usize| {
-            catch_unwind(AssertUnwindSafe(|| dot_i8_i16_6x2(rows, tokens, group_len, &mut vec![[[0; 6]; 2]; n_sums])))
+        // 16 columns in two groups of 8, 20 rows (two panels), 3 tokens at stride 24.
+        let shape = |panels_len: usize, n_activations: usize, group_len: usize, n_tables: usize, n_out: usize| {
+            let weight_scales = vec![[1.0f32; PANEL_ROWS]; n_tables];
+            let scales =
+                PanelScales { weight_scales: &weight_scales, zero_points: None, token_scales: &[1.0; 3], bias: None };
+            catch_unwind(AssertUnwindSafe(|| {
+                let out = PanelOutput { values: &mut vec![0.0; n_out], stride: 24 };
+                let shape = PanelShape { rows: 20, cols: 16, group_len };
+                gemm_i8_i16_f32(&vec![0; panels_len], shape, &vec![0; n_activations], scales, out)
+            }))
         };
-        let row = [0i8; 32];
-        assert!(shape([&row[..]; 6], &[0; 96], 16, 4).is_ok());
-        // Three tokens need two pairs, two groups each.
-        assert!(shape([&row[..]; 6], &[0; 96], 16, 3).is_err());
-        assert!(shape([&row[..]; 6], &[0; 95], 16, 4).is_err());
-        assert!(shape([&row[..]; 6], &[0; 96], 12, 4).is_err());
-        assert!(shape([&row[..]; 6], &[0; 96], 0, 4).is_err());
-        let short = [0i8; 31];
-        assert!(shape([&row[..], &row[..], &short[..], &row[..], &row[..], &row[..]], &[0; 96], 16, 4).is_err());
+        assert!(shape(2 * 8 * 32, 48, 8, 4, 68).is_ok());
+        assert!(shape(2 * 8 * 32, 48, 8, 4, 67).is_err());
+        assert!(shape(2 * 8 * 32, 48, 8, 3, 68).is_err());
+        assert!(shape(2 * 8 * 32, 47, 8, 4, 68).is_err());
+        assert!(shape(2 * 8 * 32, 48, 6, 4, 68).is_err());
+        assert!(shape(2 * 8 * 32, 48, 0, 4, 68).is_err());
+        assert!(shape(2 * 8 * 32, 48, 3, 4, 68).is_err());
+        assert!(shape(8 * 32, 48, 8, 4, 68).is_err());
     }
 
     #[test]

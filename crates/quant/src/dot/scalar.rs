@@ -6,7 +6,7 @@ use crate::ggml::{
     BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_1, Interleaved, QK,
 };
 
-use super::assert_same_len;
+use super::{PANEL_PAIR_BYTES, PANEL_ROWS, PanelOutput, PanelScales, PanelShape, assert_same_len, panel_index};
 
 /// The signed weights of a Q4_0 block, `nibble - 8`: byte `j` holds element `j` in its low
 /// nibble and element `j + 16` in its high one.
@@ -188,26 +188,44 @@ pub fn dot_i8_i8_4x2(rows: [&[i8]; 4], tokens: [&[i8]; 2]) -> [[i32; 4]; 2] {
     tokens.map(|token| dot_i8_i8_x4(rows, token))
 }
 
-/// Six int8 rows times each pair of tokens of i16 activations, per group of `group_len` columns:
-/// `sums[p * n_groups + g][k][r]` is the wrapping i32 sum of `rows[r][c] * tokens[2p + k][c]` over
-/// group `g`'s columns (an odd last token is paired with itself).
+/// The int8 GEMM's kernel, one output at a time in the order the
+/// [dispatched kernel's](super::gemm_i8_i16_f32) docs give.
 ///
 /// # Panics
-/// As [`super::dot_i8_i16_6x2`].
-pub fn dot_i8_i16_6x2(rows: [&[i8]; 6], tokens: &[i16], group_len: usize, sums: &mut [[[i32; 6]; 2]]) {
-    let (len, n_tokens, n_groups) = super::assert_tile_shape(rows, tokens, group_len, sums.len());
-    for (index, tile) in sums.iter_mut().enumerate() {
-        let (pair, group) = (index / n_groups, index % n_groups);
-        let span = group * group_len..(group + 1) * group_len;
-        for (k, out) in tile.iter_mut().enumerate() {
-            let token = (2 * pair + k).min(n_tokens - 1);
-            let token = &tokens[token * len..(token + 1) * len];
-            for (row, out) in rows.iter().zip(out.iter_mut()) {
-                *out = row[span.clone()]
-                    .iter()
-                    .zip(&token[span.clone()])
-                    .fold(0i32, |sum, (&w, &a)| sum.wrapping_add(i32::from(w) * i32::from(a)));
+/// As [`super::gemm_i8_i16_f32`].
+pub fn gemm_i8_i16_f32(
+    panels: &[i8],
+    shape: PanelShape,
+    tokens: &[i16],
+    scales: PanelScales<'_>,
+    out: PanelOutput<'_>,
+) {
+    let (_, n_tokens, n_groups) = super::assert_panel_shape(panels, shape, tokens, &scales, &out);
+    let PanelShape { rows, cols, group_len } = shape;
+    let panel_len = cols / 2 * PANEL_PAIR_BYTES;
+    for t in 0..n_tokens {
+        let token = &tokens[t * cols..(t + 1) * cols];
+        for row in 0..rows {
+            let (panel, r) = (row / PANEL_ROWS, row % PANEL_ROWS);
+            let weights = &panels[panel * panel_len..(panel + 1) * panel_len];
+            let mut acc = 0.0f32;
+            for group in 0..n_groups {
+                let span = group * group_len..(group + 1) * group_len;
+                let mut integer = span.fold(0i32, |sum, col| {
+                    sum.wrapping_add(i32::from(weights[panel_index(r, col)]) * i32::from(token[col]))
+                });
+                let table = panel * n_groups + group;
+                if let Some((zero_points, activation_sums)) = scales.zero_points {
+                    let offset = zero_points[table][r].wrapping_mul(activation_sums[t * n_groups + group]);
+                    integer = integer.wrapping_sub(offset);
+                }
+                acc += scales.weight_scales[table][r] * integer as f32;
             }
+            let mut value = acc * scales.token_scales[t];
+            if let Some(bias) = scales.bias {
+                value += bias[row];
+            }
+            out.values[t * out.stride + row] = value;
         }
     }
 }

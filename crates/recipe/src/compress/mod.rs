@@ -38,7 +38,7 @@ pub(crate) enum Output {
     /// New f32 values of the same shape, stored in the source's float dtype.
     Values(Vec<f32>),
     /// A linear weight stored in a quantized scheme.
-    Quantized(QuantizedMatrix),
+    Quantized(Box<QuantizedMatrix>),
 }
 
 /// How a linear weight's tensors are stored for a scheme: the specs, in write order.

@@ -170,7 +170,7 @@ pub(crate) fn quantize_with(
     write_checkpoint(source, &staging, &targets, &smoothing, |name, view| {
         if targets.contains_key(name) {
             if let Some(matrix) = matrices.remove(name) {
-                return Ok(Output::Quantized(matrix));
+                return Ok(Output::Quantized(Box::new(matrix)));
             }
             // Aligned f32 data is quantized where it is mapped; anything else through one copy.
             let copy;
@@ -190,7 +190,7 @@ pub(crate) fn quantize_with(
             let [rows, cols] = view.shape()[..] else { unreachable!("targets are checked to be matrices") };
             let matrix = QuantizedMatrix::quantize(weights, rows, cols, scheme)
                 .map_err(|source| Error::Quant { tensor: name.to_owned(), source })?;
-            return Ok(Output::Quantized(matrix));
+            return Ok(Output::Quantized(Box::new(matrix)));
         }
         Ok(match values.remove(name) {
             Some(new) => Output::Values(new),

@@ -5,9 +5,10 @@
 //! except in the four-row kernels: there the activations, shared by the four rows, are checked
 //! once for -128, and without one each row takes `maddubs(|x|, y * sign(x))` (ggml's `sign` trick
 //! with the roles that keep it exact for a weight of -128); a block with -128 takes the widening
-//! path. The int8 GEMM tile (six rows by pairs of tokens) takes the activations widened to i16
-//! once per GEMM and sign-extends each weight vector once for two tokens: one `madd` per 16 MACs,
-//! exact for every input, with no sign trick and no -128 check. The 4- and 5-bit weights are
+//! path. The int8 GEMM kernel (a packed panel of sixteen rows by four tokens at a time) takes the
+//! activations widened to i16 once per GEMM and sign-extends each weight vector once for four
+//! tokens: one `madd` per 16 MACs, exact for every input, with no sign trick and no -128 check.
+//! The 4- and 5-bit weights are
 //! unsigned operands of at most 31 in `maddubs`, whose pair sums (at most 31 * 128 * 2) cannot
 //! saturate. The offsets of Q4_0 and Q5_0 are subtracted as a second `maddubs` of the activations
 //! against the offset.
@@ -19,7 +20,9 @@
 use std::arch::x86_64::*;
 
 use crate::Isa;
-use crate::dot::{DotKernels, assert_same_len, assert_tile_shape};
+use crate::dot::{
+    DotKernels, PANEL_PAIR_BYTES, PANEL_ROWS, PanelOutput, PanelScales, PanelShape, assert_panel_shape, assert_same_len,
+};
 use half::f16;
 
 use crate::ggml::{BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_1, QK};
@@ -37,7 +40,7 @@ static AVX2: DotKernels = DotKernels {
     q4_0x4_q8_0,
     i8_i8_x4,
     i8_i8_4x2,
-    i8_i16_6x2,
+    i8_i16_f32_panel,
 };
 
 /// The AVX2 table, or `None` when this CPU lacks AVX2, FMA or F16C.
@@ -81,13 +84,10 @@ fn i8_i8_4x2(rows: [&[i8]; 4], tokens: [&[i8]; 2]) -> [[i32; 4]; 2] {
     unsafe { dot_i8_i8_4x2(rows, tokens) }
 }
 
-fn i8_i16_6x2(rows: [&[i8]; 6], tokens: &[i16], group_len: usize, sums: &mut [[[i32; 6]; 2]]) {
-    let (len, n_tokens, n_groups) = assert_tile_shape(rows, tokens, group_len, sums.len());
-    if n_groups == 0 {
-        return;
-    }
+fn i8_i16_f32_panel(panels: &[i8], shape: PanelShape, tokens: &[i16], scales: PanelScales<'_>, out: PanelOutput<'_>) {
+    assert_panel_shape(panels, shape, tokens, &scales, &out);
     // SAFETY: as for `safe_entries`; the shapes were checked above.
-    unsafe { dot_i8_i16_6x2(rows, tokens, len, n_tokens, group_len, sums) }
+    unsafe { gemm_i8_i16_f32(panels, shape, tokens, scales, out) }
 }
 
 fn i8_i8_x4(rows: [&[i8]; 4], y: &[i8]) -> [i32; 4] {
@@ -356,8 +356,8 @@ fn dot_i8_i8_x4(rows: [&[i8]; 4], y: &[i8]) -> [i32; 4] {
     })
 }
 
-/// Four weight rows times two tokens, the int8 GEMM tile: every weight chunk is loaded once for
-/// the two tokens and every token chunk once for the four rows, eight accumulators in registers.
+/// Four weight rows times two tokens: every weight chunk is loaded once for the two tokens and
+/// every token chunk once for the four rows, eight accumulators in registers.
 ///
 /// # Safety
 /// Every row and token must have the same length (AVX2 must be available, as the feature says).
@@ -412,89 +412,143 @@ unsafe fn dot_i8_i8_4x2(rows: [&[i8]; 4], tokens: [&[i8]; 2]) -> [[i32; 4]; 2] {
     })
 }
 
-/// Six weight rows times each pair of tokens, the int8 GEMM's register tile, per group of columns.
+/// Panels of sixteen weight rows times four tokens at a time, the int8 GEMM's kernel.
 ///
-/// The tokens arrive widened to i16, so every product is one `madd_epi16` of sixteen
-/// sign-extended weights against sixteen activations: exact for every input (each pair sum is at
-/// most `2 * 128 * 32768 = 2^24`), with no sign trick and no -128 check. That is two multiplies
-/// per 32 MACs, as many as `maddubs` + `madd`, without the `sign` and `abs` (which compete with
-/// the multiplies for the same ports). Twelve accumulators, the two token vectors, one widened
-/// weight and one product fill the sixteen registers; each step loads each token once for six
-/// rows and each weight once for two tokens.
+/// Each step takes one column pair: the panel's 32 bytes for it, sign-extended, are two vectors
+/// of eight rows' weight pairs, and each token's two activations (i16) are broadcast as one i32,
+/// so that `madd` gives eight rows' products of the pair, already in the lanes of their rows: no
+/// horizontal sums. Exact for every input (each pair sum is at most `2 * 128 * 32768 = 2^24`; the
+/// i32 lanes wrap like the scalar reference's `wrapping_add`). Eight accumulators, the two
+/// weight vectors, four broadcasts and one product fit the sixteen registers; each weight load
+/// serves four tokens and each broadcast sixteen rows. After each group, the sums are scaled in
+/// the lanes of their rows with the scalar reference's f32 operations (no FMA), and after the
+/// last, each token's sixteen outputs are written with two stores. A last block of fewer than
+/// four tokens repeats its last token and writes only the real ones. Each panel goes through all
+/// the tokens before the next one, so it is read from memory once.
 ///
 /// # Safety
-/// The operands must have the shape `assert_tile_shape` checks, with `len` columns, `n_tokens >
-/// 0` tokens and `group_len > 0` (AVX2 must be available, as the feature says).
+/// The operands must have the shape `assert_panel_shape` checks (AVX2 must be available, as the
+/// feature says).
 #[target_feature(enable = "avx2")]
-unsafe fn dot_i8_i16_6x2(
-    rows: [&[i8]; 6],
+unsafe fn gemm_i8_i16_f32(
+    panels: &[i8],
+    shape: PanelShape,
     tokens: &[i16],
-    len: usize,
-    n_tokens: usize,
-    group_len: usize,
-    sums: &mut [[[i32; 6]; 2]],
+    scales: PanelScales<'_>,
+    out: PanelOutput<'_>,
 ) {
-    const STEP: usize = 16;
-    let steps = group_len / STEP;
-    let row_ptrs = rows.map(<[i8]>::as_ptr);
-    let mut tiles = sums.chunks_exact_mut(len / group_len);
-    for (pair, tiles) in (&mut tiles).enumerate() {
-        let pair_tokens = [2 * pair, (2 * pair + 1).min(n_tokens - 1)].map(|t| &tokens[t * len..(t + 1) * len]);
-        let token_ptrs = pair_tokens.map(<[i16]>::as_ptr);
-        for (g, out) in tiles.iter_mut().enumerate() {
-            let start = g * group_len;
-            let zero = _mm256_setzero_si256();
-            let mut acc = [[zero; 6]; 2];
-            for step in 0..steps {
-                let col = start + step * STEP;
-                // SAFETY: `col + STEP <= (g + 1) * group_len <= len`, the length of every row and
-                // pair token; `loadu` needs no alignment.
-                unsafe {
-                    let token0 = _mm256_loadu_si256(token_ptrs[0].add(col).cast());
-                    let token1 = _mm256_loadu_si256(token_ptrs[1].add(col).cast());
-                    for r in 0..6 {
-                        let weights = _mm256_cvtepi8_epi16(_mm_loadu_si128(row_ptrs[r].add(col).cast()));
-                        acc[0][r] = _mm256_add_epi32(acc[0][r], _mm256_madd_epi16(weights, token0));
-                        acc[1][r] = _mm256_add_epi32(acc[1][r], _mm256_madd_epi16(weights, token1));
+    const TOKENS: usize = 4;
+    let PanelShape { rows, cols, group_len } = shape;
+    let n_tokens = scales.token_scales.len();
+    if n_tokens == 0 || rows == 0 {
+        return;
+    }
+    let (n_groups, pairs_per_group) = (cols / group_len, group_len / 2);
+    let panel_len = cols / 2 * PANEL_PAIR_BYTES;
+    let zero = _mm256_setzero_si256();
+    for first_row in (0..rows).step_by(PANEL_ROWS) {
+        let panel = first_row / PANEL_ROWS;
+        let n_rows = PANEL_ROWS.min(rows - first_row);
+        let panel_ptr = panels[panel * panel_len..].as_ptr();
+        let tables = panel * n_groups..(panel + 1) * n_groups;
+        let weight_scales = &scales.weight_scales[tables.clone()];
+        let zero_points =
+            scales.zero_points.map(|(zero_points, activation_sums)| (&zero_points[tables], activation_sums));
+        // The panel rows' bias, padded (the padding is never stored).
+        let bias = scales.bias.map(|bias| {
+            let mut padded = [0.0f32; PANEL_ROWS];
+            padded[..n_rows].copy_from_slice(&bias[first_row..first_row + n_rows]);
+            (load_panel_f32(&padded, 0), load_panel_f32(&padded, 8))
+        });
+        for first in (0..n_tokens).step_by(TOKENS) {
+            let last = n_tokens - 1;
+            let token_of = |k: usize| (first + k).min(last);
+            let token_ptrs: [*const i16; TOKENS] = std::array::from_fn(|k| tokens[token_of(k) * cols..].as_ptr());
+            // Per token, the f32 outputs so far of rows 0..8 and 8..16.
+            let mut values = [[_mm256_setzero_ps(); 2]; TOKENS];
+            for group in 0..n_groups {
+                // `low[k]` holds rows 0..8 of token `k`, `high[k]` rows 8..16.
+                let mut low = [zero; TOKENS];
+                let mut high = [zero; TOKENS];
+                for pair in group * pairs_per_group..(group + 1) * pairs_per_group {
+                    // SAFETY: `pair < cols / 2`: the panel holds `PANEL_PAIR_BYTES * cols / 2` bytes
+                    // and every token `cols` activations, so the 32 bytes from `PANEL_PAIR_BYTES *
+                    // pair` and the two i16 from `2 * pair` are in bounds; the loads need no
+                    // alignment.
+                    unsafe {
+                        let weights = panel_ptr.add(PANEL_PAIR_BYTES * pair);
+                        let weights_low = _mm256_cvtepi8_epi16(_mm_loadu_si128(weights.cast()));
+                        let weights_high = _mm256_cvtepi8_epi16(_mm_loadu_si128(weights.add(16).cast()));
+                        for k in 0..TOKENS {
+                            let activations =
+                                _mm256_set1_epi32(token_ptrs[k].add(2 * pair).cast::<i32>().read_unaligned());
+                            low[k] = _mm256_add_epi32(low[k], _mm256_madd_epi16(weights_low, activations));
+                            high[k] = _mm256_add_epi32(high[k], _mm256_madd_epi16(weights_high, activations));
+                        }
                     }
                 }
-            }
-            // Token 0's six rows and token 1's first two, then token 1's last four: `[[i32; 6]; 2]`
-            // is these twelve sums in this order.
-            let [first, second] = acc;
-            let head = hsum8_epi32([first[0], first[1], first[2], first[3], first[4], first[5], second[0], second[1]]);
-            let last = hsum4_epi32([second[2], second[3], second[4], second[5]]);
-            let flat: &mut [i32; 12] = bytemuck::cast_mut(out);
-            flat[..8].copy_from_slice(&head);
-            flat[8..].copy_from_slice(&last);
-            let tail = start + steps * STEP..start + group_len;
-            if !tail.is_empty() {
-                for (token, out) in pair_tokens.iter().zip(out.iter_mut()) {
-                    for (row, out) in rows.iter().zip(out.iter_mut()) {
-                        *out = row[tail.clone()]
-                            .iter()
-                            .zip(&token[tail.clone()])
-                            .fold(*out, |sum, (&w, &a)| sum.wrapping_add(i32::from(w) * i32::from(a)));
+                let group_scales = &weight_scales[group];
+                let (scales_low, scales_high) = (load_panel_f32(group_scales, 0), load_panel_f32(group_scales, 8));
+                let offsets = zero_points.map(|(zero_points, activation_sums)| {
+                    let zero_points = &zero_points[group];
+                    (load_panel_i32(zero_points, 0), load_panel_i32(zero_points, 8), activation_sums)
+                });
+                for k in 0..TOKENS {
+                    let (mut integers_low, mut integers_high) = (low[k], high[k]);
+                    if let Some((zero_points_low, zero_points_high, activation_sums)) = offsets {
+                        // `integer - zero_point * activation_sum`, wrapping like the reference.
+                        let sum = _mm256_set1_epi32(activation_sums[token_of(k) * n_groups + group]);
+                        integers_low = _mm256_sub_epi32(integers_low, _mm256_mullo_epi32(zero_points_low, sum));
+                        integers_high = _mm256_sub_epi32(integers_high, _mm256_mullo_epi32(zero_points_high, sum));
                     }
+                    let [value_low, value_high] = &mut values[k];
+                    *value_low = _mm256_add_ps(*value_low, _mm256_mul_ps(scales_low, _mm256_cvtepi32_ps(integers_low)));
+                    *value_high =
+                        _mm256_add_ps(*value_high, _mm256_mul_ps(scales_high, _mm256_cvtepi32_ps(integers_high)));
+                }
+            }
+            for (k, [value_low, value_high]) in values.into_iter().enumerate().take(n_tokens - first) {
+                let token_scale = _mm256_set1_ps(scales.token_scales[first + k]);
+                let (mut value_low, mut value_high) =
+                    (_mm256_mul_ps(value_low, token_scale), _mm256_mul_ps(value_high, token_scale));
+                if let Some((bias_low, bias_high)) = bias {
+                    value_low = _mm256_add_ps(value_low, bias_low);
+                    value_high = _mm256_add_ps(value_high, bias_high);
+                }
+                let dst = &mut out.values[(first + k) * out.stride + first_row..][..n_rows];
+                let mut partial = [0.0f32; PANEL_ROWS];
+                let full = dst.len() == PANEL_ROWS;
+                let target = if full { dst.as_mut_ptr() } else { partial.as_mut_ptr() };
+                // SAFETY: `target` is `dst` when it holds sixteen f32, else `partial`, which does:
+                // room for the sixteen f32 of the two `storeu`, which need no alignment.
+                unsafe {
+                    _mm256_storeu_ps(target, value_low);
+                    _mm256_storeu_ps(target.add(8), value_high);
+                }
+                if !full {
+                    dst.copy_from_slice(&partial[..dst.len()]);
                 }
             }
         }
     }
 }
 
-/// The lane sums of eight vectors.
+/// Eight f32 from `start`.
 #[inline]
-#[target_feature(enable = "avx2")]
-fn hsum8_epi32(v: [__m256i; 8]) -> [i32; 8] {
-    // Per 128-bit half: [v0, v1, v2, v3] and [v4, v5, v6, v7], each lane one vector's half sum.
-    let low = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    let high = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-    let sums =
-        _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(low, high), _mm256_permute2x128_si256::<0x31>(low, high));
-    let mut out = [0i32; 8];
-    // SAFETY: `out` has room for the 32 bytes of `storeu`, which needs no alignment.
-    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), sums) };
-    out
+#[target_feature(enable = "avx")]
+fn load_panel_f32(values: &[f32; PANEL_ROWS], start: usize) -> __m256 {
+    let values = &values[start..start + 8];
+    // SAFETY: `values` is eight readable f32 and `loadu` needs no alignment.
+    unsafe { _mm256_loadu_ps(values.as_ptr()) }
+}
+
+/// Eight i32 from `start`.
+#[inline]
+#[target_feature(enable = "avx")]
+fn load_panel_i32(values: &[i32; PANEL_ROWS], start: usize) -> __m256i {
+    let values = &values[start..start + 8];
+    // SAFETY: `values` is eight readable i32 and `loadu` needs no alignment.
+    unsafe { _mm256_loadu_si256(values.as_ptr().cast()) }
 }
 
 /// The lane sums of four vectors.
