@@ -312,7 +312,8 @@ const SPARSE_COLUMNS: &[(&str, &str)] = &[
     ("sprs_90", "sprs 90%"),
     ("sprs_95", "sprs 95%"),
 ];
-const GEMM_COLUMNS: &[(&str, &str)] = &[("matrixmultiply", "matrixmultiply"), ("gemm", "gemm"), ("faer", "faer")];
+const GEMM_COLUMNS: &[(&str, &str)] =
+    &[("lathe", "lathe"), ("matrixmultiply", "matrixmultiply"), ("gemm", "gemm"), ("faer", "faer")];
 
 fn table_specs(selection: Selection) -> Vec<TableSpec> {
     let mut specs = Vec::new();
@@ -432,6 +433,8 @@ fn table_specs(selection: Selection) -> Vec<TableSpec> {
             row_header: "tokens x in x out",
             columns: GEMM_COLUMNS,
             ratios: vec![
+                Ratio { numerator: "lathe", denominator: Denominator::Function("gemm"), header: "lathe / gemm" },
+                Ratio { numerator: "lathe", denominator: Denominator::Function("faer"), header: "lathe / faer" },
                 Ratio { numerator: "faer", denominator: Denominator::Function("gemm"), header: "faer / gemm" },
                 Ratio {
                     numerator: "gemm",
@@ -813,6 +816,7 @@ mod tests {
         let results = vec![
             measurement("dense_gemm", "faer", "128x384x384", 1e6, flops(128, 384, 384)),
             measurement("dense_gemm", "gemm", "128x384x384", 1e6, flops(128, 384, 384)),
+            measurement("dense_gemm", "lathe", "128x384x384", 5e5, flops(128, 384, 384)),
             measurement("dense_gemm", "faer", "1x384x1536", 1e3, flops(1, 384, 1536)),
             measurement("dense_gemm", "faer", "32x384x384", 1e3, flops(32, 384, 384)),
             measurement("dense_gemm", "faer", "1x1536x384", 1e3, flops(1, 1536, 384)),
@@ -823,7 +827,7 @@ mod tests {
             .map(|row| text.find(row).unwrap_or_else(|| panic!("{row} missing from {text}")))
             .collect();
         assert!(order.windows(2).all(|pair| pair[0] < pair[1]), "{text}");
-        assert!(text.contains("| 128x384x384 | - | 37.7 | 37.7 | 1.00 | - |"), "{text}");
+        assert!(text.contains("| 128x384x384 | 75.5 | - | 37.7 | 37.7 | 2.00 | 2.00 | 1.00 | - |"), "{text}");
         assert!(!text.contains("bandwidth"), "{text}");
     }
 

@@ -1,4 +1,4 @@
-//! Dense f32 GEMM candidates for lathe, single-threaded: `Y[tokens, out] = X[tokens, in] · W^T`
+//! Dense f32 GEMM candidates for lathe, and lathe's own kernel beside them, single-threaded: `Y[tokens, out] = X[tokens, in] · W^T`
 //! with `W` row-major `[out, in]` (PyTorch's Linear layout, so `W^T` is a column-major view and no
 //! copy is made), on BERT-base-like and MiniLM-like shapes and a 4096x4096 layer whose tokens = 1
 //! row is the GEMV of decoding.
@@ -40,7 +40,16 @@ impl Shape {
 
 type Gemm = fn(Shape, &[f32], &[f32], &mut [f32]);
 
-const CANDIDATES: [(&str, Gemm); 3] = [("matrixmultiply", matrixmultiply), ("gemm", gemm), ("faer", faer)];
+/// The reference first (`check_candidates_agree` compares the others with it), lathe's own last.
+const CANDIDATES: [(&str, Gemm); 4] =
+    [("matrixmultiply", matrixmultiply), ("gemm", gemm), ("faer", faer), ("lathe", lathe)];
+
+/// lathe's dense kernel as lathe-model calls it for a bias-free linear.
+fn lathe(shape: Shape, x: &[f32], w: &[f32], y: &mut [f32]) {
+    shape.check(x, w, y);
+    let Shape { tokens, in_features, out_features } = shape;
+    lathe_quant::dense::linear(x, tokens, w, out_features, in_features, None, y);
+}
 
 fn matrixmultiply(shape: Shape, x: &[f32], w: &[f32], y: &mut [f32]) {
     shape.check(x, w, y);
