@@ -126,7 +126,7 @@ impl Stored {
     /// `[rows, cols]` shape.
     pub(crate) fn logical_tensors(&self, checkpoint: &Checkpoint) -> Result<Vec<(String, Vec<usize>)>> {
         let mut tensors = Vec::new();
-        for (_, info) in checkpoint.tensors() {
+        for (file, info) in checkpoint.tensors() {
             let name = info.name.as_str();
             if self.int.is_some() {
                 if let Some(module) = name.strip_suffix(".weight_shape") {
@@ -136,7 +136,7 @@ impl Stored {
                         Some(&[rows, cols]) if rows >= 0 && cols >= 0 => vec![rows as usize, cols as usize],
                         _ => {
                             return Err(invalid(
-                                Path::new(name),
+                                file,
                                 format!("`{name}` must be an int64 [2] tensor holding the weight's shape"),
                             ));
                         }
@@ -162,7 +162,7 @@ impl Stored {
                     }
                     _ => {
                         return Err(invalid(
-                            Path::new(name),
+                            file,
                             format!(
                                 "GGML {scheme} tensor `{name}` must be U8 [rows, blocks x {block_bytes}], found {} {:?}",
                                 info.dtype, info.shape
@@ -185,7 +185,7 @@ impl Stored {
         let Ok(view) = checkpoint.tensor(&factors_name) else { return Ok(None) };
         if view.dtype() != Dtype::F32 || view.shape() != [cols] {
             return Err(invalid(
-                Path::new(name),
+                checkpoint.file_of(&factors_name),
                 format!("`{factors_name}` must be F32 [{cols}], found {} {:?}", view.dtype(), view.shape()),
             ));
         }
@@ -203,7 +203,7 @@ impl Stored {
     ) -> Result<Option<(QuantizedMatrix, Inputs)>> {
         let inputs = self.inputs.unwrap_or(Inputs::Quantized);
         let context = |source: lathe_quant::Error| Error::Invalid {
-            file: Path::new(name).to_path_buf(),
+            file: checkpoint.file_of(name).to_path_buf(),
             message: format!("tensor `{name}`: {source}"),
         };
         if let Some(&scheme) = self.ggml.get(name) {
@@ -221,14 +221,17 @@ impl Stored {
         let int32 = |suffix: &str| -> Result<Vec<i32>> {
             let view = checkpoint.tensor(&format!("{module}.{suffix}"))?;
             if view.dtype() != Dtype::I32 {
-                return Err(invalid(Path::new(name), format!("`{module}.{suffix}` is {}, not I32", view.dtype())));
+                return Err(invalid(
+                    checkpoint.file_of(&format!("{module}.{suffix}")),
+                    format!("`{module}.{suffix}` is {}, not I32", view.dtype()),
+                ));
             }
             Ok(bytemuck::pod_collect_to_vec(view.bytes()))
         };
         let scale = checkpoint.tensor(&format!("{module}.weight_scale"))?.to_f32()?;
         if let Some(index) = scale.iter().position(|s| !s.is_finite()) {
             return Err(invalid(
-                Path::new(name),
+                checkpoint.file_of(&format!("{module}.weight_scale")),
                 format!("`{module}.weight_scale` value {index} is {}: scales must be finite", scale[index]),
             ));
         }

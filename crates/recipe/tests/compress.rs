@@ -99,6 +99,21 @@ fn ggml_and_w8a8_folders_load_onto_the_integer_kernels() {
         let worst = a.weights_f32().iter().zip(b.weights_f32()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
         assert!(worst > 0.0 && worst < 0.02, "{scheme}: worst weight error {worst}");
     }
+    // A NaN scale is an error naming the file and the tensor.
+    let file = tmp.path().join("int8-channel/model.safetensors");
+    let scale = "encoder.layer.0.attention.self.query.weight_scale";
+    let at = {
+        let stored = SafeTensors::open(&file).unwrap();
+        let info = stored.tensors().iter().find(|info| info.name == scale).unwrap();
+        assert_eq!(info.dtype, lathe_tensor::Dtype::F32);
+        info.offset as usize
+    };
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    fs::write(&file, bytes).unwrap();
+    let Err(err) = BertModel::open(tmp.path().join("int8-channel")) else { panic!("a NaN scale loaded") };
+    let err = err.to_string();
+    assert!(err.starts_with(&file.display().to_string()) && err.contains(scale), "{err}");
     // A quantized folder is not quantized again.
     let err = compress::quantize(
         &Source::open(tmp.path().join("q8_0")).unwrap(),

@@ -133,6 +133,13 @@ impl Checkpoint {
             .map(|&(shard, index)| (self.shards[shard].0.as_path(), &self.shards[shard].1.tensors()[index]))
     }
 
+    /// The shard file holding the named tensor (errors about that tensor name it); for a name
+    /// the checkpoint lacks, the first shard, as [`Checkpoint::tensor`]'s error does.
+    pub fn file_of(&self, name: &str) -> &Path {
+        let shard = self.by_name.get(name).map_or(0, |&(shard, _)| shard);
+        self.shards.get(shard).map_or(Path::new(""), |(path, _)| path.as_path())
+    }
+
     /// A zero-copy view of the named tensor, from whichever shard holds it.
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
         match self.by_name.get(name) {
