@@ -31,7 +31,7 @@ pub struct Args {
     /// The model folder every trial starts from and is measured against.
     #[arg(value_name = "MODEL_DIR")]
     model: PathBuf,
-    /// The study folder: the log (study.jsonl), each trial's recipe and model (trials/<id>/), the
+    /// The study folder: the log (study.jsonl), each trial's recipe (trials/<id>/), the
     /// original model's embeddings (baseline.safetensors) and pareto.md.
     #[arg(short, long, value_name = "STUDY_DIR")]
     output: PathBuf,
@@ -58,6 +58,10 @@ pub struct Args {
     /// Run again the trials the log records as failed.
     #[arg(long)]
     retry_failed: bool,
+    /// Keep each trial's compressed model in STUDY_DIR/trials/<id>/model (by default it is
+    /// removed once measured; `lathe apply STUDY_DIR/trials/<id>/recipe.toml` rebuilds it).
+    #[arg(long)]
+    keep_models: bool,
     /// Write one independent command line per unfinished trial to FILE instead of running them
     /// (grid and random samplers).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["collect", "trial"])]
@@ -78,6 +82,7 @@ impl Args {
             jobs: self.jobs.get(),
             threads: self.threads.get(),
             retry_failed: self.retry_failed,
+            keep_models: self.keep_models,
         })
     }
 }
@@ -142,6 +147,9 @@ fn emit(args: &Args, spec: &Spec, options: &SearchOptions, file: &Path) -> anyho
     }
     if args.threads.get() != 1 {
         words.extend(["--threads".to_owned(), args.threads.to_string()]);
+    }
+    if args.keep_models {
+        words.push("--keep-models".to_owned());
     }
     words.extend(["--trial".to_owned(), "{trial}".to_owned()]);
     let lines = search::emit(spec, &args.model, &args.output, options, &words.join(" "))?;

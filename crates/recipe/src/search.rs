@@ -39,8 +39,8 @@
 //! The study folder holds `study.json` (what the study was made from: a rerun with another spec,
 //! model, evaluation set or sampler is refused), `study.jsonl` (the lathe-search log),
 //! `baseline.safetensors` (the original model's embeddings, computed once), `trials/<id>/`
-//! (`recipe.toml` and the compressed `model/`), `results/<id>.json` (trials run as separate jobs)
-//! and `pareto.md`.
+//! (`recipe.toml`, and the compressed `model/` only with `keep_models`), `results/<id>.json`
+//! (trials run as separate jobs) and `pareto.md`.
 //!
 //! ```
 //! use lathe_recipe::search::{Sampler, Spec};
@@ -701,11 +701,22 @@ pub struct SearchOptions {
     pub threads: usize,
     /// Rerun trials the log records as failed.
     pub retry_failed: bool,
+    /// Keep each trial's compressed model (`trials/<id>/model`). Off by default: a study of many
+    /// trials would hold a model each (about 90 MB on MiniLM), and `trials/<id>/recipe.toml`
+    /// rebuilds any of them with `lathe apply`.
+    pub keep_models: bool,
 }
 
 impl Default for SearchOptions {
     fn default() -> Self {
-        SearchOptions { sampler: Sampler::Grid, eval: None, jobs: 1, threads: 1, retry_failed: false }
+        SearchOptions {
+            sampler: Sampler::Grid,
+            eval: None,
+            jobs: 1,
+            threads: 1,
+            retry_failed: false,
+            keep_models: false,
+        }
     }
 }
 
@@ -755,6 +766,7 @@ struct Setup<'a> {
     configs: Vec<Params>,
     study: Study,
     threads: usize,
+    keep_models: bool,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -830,6 +842,7 @@ impl Setup<'_> {
             configs,
             study,
             threads: options.threads.max(1),
+            keep_models: options.keep_models,
         })
     }
 
@@ -886,7 +899,8 @@ impl Setup<'_> {
     }
 
     /// Applies one trial's recipe into `trials/<id>/model` and measures it: one value per
-    /// objective, in the spec's order.
+    /// objective, in the spec's order. The model folder is removed afterwards, measured or not,
+    /// unless the study keeps models.
     fn measure(&self, baseline: &Baseline, id: u64, params: &Params, budget: Option<f64>) -> Result<Vec<f64>> {
         let text = self.spec.recipe_toml(params, budget)?;
         let recipe =
@@ -894,9 +908,10 @@ impl Setup<'_> {
         let dir = self.study_dir.join("trials").join(id.to_string());
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         lathe_tensor::write_atomic(dir.join("recipe.toml"), text.as_bytes())?;
-        thread_pool(self.threads)?.install(|| {
+        let model_dir = dir.join("model");
+        let measured = thread_pool(self.threads)?.install(|| {
             let start = Instant::now();
-            let out = recipe.apply(&self.model, &dir.join("model"))?;
+            let out = recipe.apply(&self.model, &model_dir)?;
             let compress_seconds = start.elapsed().as_secs_f64();
             let encoder = SentenceEncoder::open(&out)?;
             let dim = encoder.model().hidden_size();
@@ -927,7 +942,11 @@ impl Setup<'_> {
                 })
                 .collect();
             Ok(values)
-        })
+        });
+        if !self.keep_models && model_dir.exists() {
+            std::fs::remove_dir_all(&model_dir).map_err(io_error(&model_dir))?;
+        }
+        measured
     }
 
     /// [`Setup::measure`] as a lathe-search objective, with a progress line on stderr.

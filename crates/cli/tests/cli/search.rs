@@ -137,8 +137,9 @@ fn a_grid_study_prints_its_pareto_front_and_resumes_without_rerunning() {
     assert!(size(2) < size(0) && size(3) < size(1), "int8 weights are smaller");
     let cosine = |id: u64| records[&id]["values"]["mean_cosine"].as_f64().unwrap();
     assert!(cosine(0) > cosine(1), "pruning 80 % moves the embeddings more than 30 %");
+    // Measured models are removed (the recipes rebuild them) unless the study keeps them.
     for id in 0..4 {
-        assert!(study.join(format!("trials/{id}/model/model.safetensors")).is_file());
+        assert!(!study.join(format!("trials/{id}/model")).exists(), "trial {id} kept its model");
     }
 
     // Again: every trial comes from the log, the output is the same, the log does not grow.
@@ -192,16 +193,17 @@ fn emitted_trials_run_by_sh_collect_into_the_study_a_single_run_makes() {
         String::from_utf8(output.stderr).unwrap()
     };
 
-    run(&batch, &["--emit", path_str(&jobs)]);
+    run(&batch, &["--emit", path_str(&jobs), "--keep-models"]);
     let lines = std::fs::read_to_string(&jobs).unwrap();
     assert_eq!(lines.lines().count(), 3, "{lines}");
     for (id, line) in lines.lines().enumerate() {
-        assert!(line.ends_with(&format!("--trial {id}")), "{line}");
+        assert!(line.ends_with(&format!("--keep-models --trial {id}")), "{line}");
     }
     assert!(!batch.join("study.jsonl").exists(), "emitting runs nothing");
     sh(&jobs);
     for id in 0..3 {
         assert!(batch.join(format!("results/{id}.json")).is_file());
+        assert!(batch.join(format!("trials/{id}/model/model.safetensors")).is_file(), "--keep-models");
     }
     // Jobs run twice do nothing the second time.
     assert_eq!(sh(&jobs).matches("has its result file already").count(), 3);
