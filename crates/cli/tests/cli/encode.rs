@@ -188,6 +188,14 @@ pub(crate) fn fails(args: &[&str]) -> String {
     stderr
 }
 
+/// Runs every case with [`fails`]; each one's message must contain its expected text.
+pub(crate) fn fail_with(cases: &[(Vec<&str>, &str)]) {
+    for (args, expected) in cases {
+        let message = fails(args);
+        assert!(message.contains(expected), "{args:?}: {message}");
+    }
+}
+
 /// A copy of the MiniLM folder in a temporary folder (files linked, not copied, where the
 /// system allows), without `skip`.
 fn minilm_copy_without(skip: &str) -> tempfile::TempDir {
