@@ -291,3 +291,25 @@ fn linears_are_swapped_per_layer_and_checked() {
     assert_eq!((old.out_features(), old.in_features()), (8, 12));
     assert_eq!(model.linear(1, Role::FfnOut).unwrap().dense_weights(), Some(&[0.0; 96][..]));
 }
+
+#[test]
+fn head_transposes_move_every_value() {
+    // Blocks of the two compile-time head sizes and a runtime one; row counts off multiples of 8.
+    for block in [32, 64, 5] {
+        let (n_a, n_b) = (3, 4);
+        let src: Vec<f32> = (0..n_a * n_b * block).map(|i| i as f32).collect();
+        let mut dst = vec![f32::NAN; src.len()];
+        super::transpose_blocks(&src, n_a, n_b, block, &mut dst);
+        for (a, b, i) in (0..n_a).flat_map(|a| (0..n_b).flat_map(move |b| (0..block).map(move |i| (a, b, i)))) {
+            assert_eq!(dst[(b * n_a + a) * block + i], src[(a * n_b + b) * block + i], "block {block}");
+        }
+    }
+    for (rows, cols) in [(0, 3), (7, 5), (8, 3), (19, 12)] {
+        let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let mut dst = vec![f32::NAN; src.len()];
+        super::transpose(&src, rows, cols, &mut dst);
+        for (r, c) in (0..rows).flat_map(|r| (0..cols).map(move |c| (r, c))) {
+            assert_eq!(dst[c * rows + r], src[r * cols + c], "{rows} x {cols}");
+        }
+    }
+}
