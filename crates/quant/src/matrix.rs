@@ -21,15 +21,13 @@ use crate::{Error, Result, Scheme, cast, dot};
 const ROWS_PER_TASK: usize = 16;
 
 /// Tokens handed to one rayon task by the int8 GEMM: each task quantizes its tokens once, into
-/// buffers its thread reuses. 16 to 96 tokens measured alike on one thread; the fewest keep
-/// short batches spread over several threads.
-const INT_TOKENS_PER_TASK: usize = 16;
-
-/// Tokens of a task that go through every panel before the next ones: each token's outputs are
-/// then written in order (one stream per token rather than one cache line per panel and token,
-/// which measured slower), and each panel, loaded once, serves the block's two tiles of four
-/// tokens. Blocks of 4 to 48 tokens measured alike on the MiniLM shapes.
-const INT_TOKENS_PER_BLOCK: usize = 8;
+/// buffers its thread reuses, then takes them through every panel in one kernel call, so that
+/// each panel, loaded once, serves the task's four tiles of six tokens and each token's outputs
+/// are written in order (one stream per token rather than one cache line per panel and token,
+/// which measured slower). A multiple of the AVX2 kernel's six: 16 tokens (tiles of 6 + 6 + 4)
+/// measured 5% slower on one thread, 24 to 128 alike; the fewest keep short batches spread over
+/// several threads.
+const INT_TOKENS_PER_TASK: usize = 24;
 
 /// From this many tokens on, products with f32 activations (f16 and bf16 weights, and
 /// [`QuantizedMatrix::gemm_weight_only`]) run on the dense GEMM over dequantized row tiles.
@@ -127,7 +125,7 @@ impl<Q: Interleaved> Quads<Q> {
 }
 
 /// Integer weights in panels of [`PANEL_ROWS`] rows, packed by column pairs as
-/// [`dot::dot_i8_i16_16x4`] reads them, with each group padded to an even number of columns (a
+/// [`dot::gemm_i8_i16_f32`] reads them, with each group padded to an even number of columns (a
 /// zero weight against a zero activation), and the panel rows' scales and zero points per group.
 /// Rows past the matrix are zero weights with scale 0; they are never written out.
 #[derive(Debug, Clone)]
@@ -678,7 +676,7 @@ impl QuantizedMatrix {
     /// ([`IntPanels`]) times the tokens widened to i16 ([`dot::gemm_i8_i16_f32`]), written
     /// straight into `y`'s `[n_tokens, rows]` layout. Rayon splits the tokens; each task quantizes
     /// its own tokens (scaling them by the fused input scale first), so they are still in cache
-    /// for the kernel, then runs blocks of them over every panel. The integer sums are exact, and
+    /// for the kernel, then runs them over every panel. The integer sums are exact, and
     /// each output then takes the same f32 steps as in [`quad_outputs`](Self::quad_outputs) (per
     /// group `sum += scale * integer`, in group order, then times the token's scale) and then the
     /// bias's sum, so GEMV and GEMM agree exactly for any split.
@@ -707,32 +705,29 @@ impl QuantizedMatrix {
         }
         let packed = self.int_panels.get_or_init(|| IntPanels::new(weights));
         let group_len = weights.group_len();
-        let n_groups = cols / group_len;
-        let padded_cols = packed.padded_cols;
-        let shape = dot::PanelShape { rows, cols: padded_cols, group_len: packed.padded_group_len };
-        y.par_chunks_mut(INT_TOKENS_PER_TASK * rows).enumerate().for_each_init(
-            IntTaskBuffers::default,
-            |buffers, (task, y_task)| {
-                let first_token = task * INT_TOKENS_PER_TASK;
-                let n_task_tokens = y_task.len() / rows;
-                let x_task = &x[first_token * cols..][..n_task_tokens * cols];
-                buffers.quantize(x_task, fused.input_scale, cols, group_len, packed);
-                let IntTaskBuffers { wide, scales, group_sums, .. } = buffers;
-                for first in (0..n_task_tokens).step_by(INT_TOKENS_PER_BLOCK) {
-                    let n_block = INT_TOKENS_PER_BLOCK.min(n_task_tokens - first);
-                    let block_sums =
-                        packed.zero_points.as_ref().map(|_| &group_sums[first * n_groups..][..n_block * n_groups]);
-                    let scales = dot::PanelScales {
-                        weight_scales: &packed.scales,
-                        zero_points: packed.zero_points.as_deref().zip(block_sums),
-                        token_scales: &scales[first..first + n_block],
-                        bias: fused.bias,
-                    };
-                    let out = dot::PanelOutput { values: &mut y_task[first * rows..][..n_block * rows], stride: rows };
-                    kernel(&packed.panels, shape, &wide[first * padded_cols..][..n_block * padded_cols], scales, out);
-                }
-            },
-        );
+        let shape = dot::PanelShape { rows, cols: packed.padded_cols, group_len: packed.padded_group_len };
+        let run_task = |buffers: &mut IntTaskBuffers, (task, y_task): (usize, &mut [f32])| {
+            let first_token = task * INT_TOKENS_PER_TASK;
+            let n_task_tokens = y_task.len() / rows;
+            let x_task = &x[first_token * cols..][..n_task_tokens * cols];
+            buffers.quantize(x_task, fused.input_scale, cols, group_len, packed);
+            let IntTaskBuffers { wide, scales, group_sums, .. } = buffers;
+            let scales = dot::PanelScales {
+                weight_scales: &packed.scales,
+                zero_points: packed.zero_points.as_deref().map(|zero_points| (zero_points, &group_sums[..])),
+                token_scales: scales,
+                bias: fused.bias,
+            };
+            kernel(&packed.panels, shape, wide, scales, dot::PanelOutput { values: y_task, stride: rows });
+        };
+        if n_tokens <= INT_TOKENS_PER_TASK || rayon::current_num_threads() == 1 {
+            // One task, or one thread to run them: handing them to the pool would only add the
+            // wake-up of a worker and the wait for it (measured 15% of 32 tokens by 384 x 384 on one thread).
+            let mut buffers = IntTaskBuffers::default();
+            y.chunks_mut(INT_TOKENS_PER_TASK * rows).enumerate().for_each(|task| run_task(&mut buffers, task));
+        } else {
+            y.par_chunks_mut(INT_TOKENS_PER_TASK * rows).enumerate().for_each_init(IntTaskBuffers::default, run_task);
+        }
     }
 
     /// The outputs of the four weight rows from `row` for every token (`outputs` is `[4, n_tokens]`)
@@ -1063,8 +1058,8 @@ mod tests {
 
     #[test]
     fn int_gemm_is_gemv_per_token_for_any_split() {
-        // 37 tokens span three tasks of the int8 GEMM (the last one of 5 tokens: a tile of four
-        // and one of a single token), 37 rows three panels (the last one padded).
+        // 53 tokens span three tasks of the int8 GEMM (two of 24 tokens, and one of 5: tiles of
+        // 4 + 1), 37 rows three panels (the last one padded).
         let (rows, cols, n_tokens) = (37, 96, 2 * INT_TOKENS_PER_TASK + 5);
         let weights = values(rows * cols, 11);
         let mut x = values(n_tokens * cols, 12);
@@ -1096,8 +1091,9 @@ mod tests {
 
     #[test]
     fn int_panels_are_identical_on_every_isa_and_to_the_unfused_steps() {
-        // Odd shapes: rows around the panel's 16, 1 to 13 tokens (tiles of four and a partial
-        // one), groups of even and odd lengths (padded), symmetric and asymmetric weights.
+        // Odd shapes: rows around the panel's 16, 1 to 19 tokens (tiles of one to six tokens, and
+        // every rest after tiles of six), groups of even and odd lengths (padded), symmetric and
+        // asymmetric weights.
         let kernels: Vec<(crate::Isa, dot::I8PanelKernel)> = crate::Isa::supported()
             .into_iter()
             .map(|isa| (isa, dot::kernels(isa).expect("supported isa has a table").i8_i16_f32_panel))
@@ -1118,7 +1114,7 @@ mod tests {
                 let Weights::Int(int) = &matrix.weights else { unreachable!("an integer scheme") };
                 let input_scale: Vec<f32> = (0..cols).map(|j| 0.25 + (j % 5) as f32 * 0.5).collect();
                 let bias = values(rows, 14);
-                for n_tokens in 1..=13 {
+                for n_tokens in 1..=19 {
                     let mut x = values(n_tokens * cols, 15 + n_tokens as u32);
                     x[..cols].fill(0.0);
                     x[(n_tokens - 1) * cols] = -3e3;
