@@ -273,20 +273,21 @@ mod tests {
         }
     }
 
-    /// Every f32 in `(-8, 8.5]` on every path against `x Phi(x)` from the scalar path's f64
-    /// `erfc` (within 3e-10 relative of the truth, far below the bounds checked). About two
-    /// minutes in release: `cargo test --release -p lathe-quant gelu_bound_holds_everywhere --
-    /// --ignored`.
+    /// Every 257th f32 bit pattern in `(-8, 8.5]` (about eight million values, every binade and
+    /// every mantissa region) on every path against `x Phi(x)` from the scalar path's f64 `erfc`
+    /// (within 3e-10 relative of the truth, far below the bounds checked). Run once with a stride
+    /// of 1 (every f32 of the range, about two minutes in release), the AVX2 path's worst
+    /// relative error on normal results was 4.22e-7, at x = -6.72.
     #[test]
-    #[ignore = "exhaustive: two billion values"]
-    fn gelu_bound_holds_everywhere() {
+    fn gelu_bound_holds_across_the_range() {
+        const STRIDE: usize = 257;
         let exact = |x: f32| {
             let x64 = f64::from(x);
             let z = (x64.abs() * std::f64::consts::FRAC_1_SQRT_2).min(ERFC_Z_MAX);
             let half_erfc = 0.5 * erfc_scalar(z);
             x64 * if x64 < 0.0 { half_erfc } else { 1.0 - half_erfc }
         };
-        let positive = (0..=8.5f32.to_bits()).map(f32::from_bits);
+        let positive = (0..=8.5f32.to_bits()).step_by(STRIDE).map(f32::from_bits);
         let arguments = positive.clone().chain(positive.map(|x| -x).filter(|&x| x > -8.0));
         let mut block = Vec::with_capacity(1 << 16);
         let mut worst = [(0.0f64, 0.0f32); 2];
