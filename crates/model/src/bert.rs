@@ -782,19 +782,20 @@ fn attention(
             let (q, k, v) = (&q[span.clone()], &k[span.clone()], &v[span]);
             let sequence_mask = &mask[sequence * seq_len..][..seq_len];
             let keys = sequence_mask.iter().rposition(|&real| real).map_or(seq_len, |last| last + 1);
+            // Every element of the resized buffers is overwritten before it is read.
             let HeadBuffers { q: q_heads, k: k_heads, v_t, out, scores, key_bias } = buffers;
             key_bias.clear();
             key_bias.extend(sequence_mask[..keys].iter().map(|&real| if real { 0.0 } else { f32::MIN }));
-            resize(q_heads, seq_len * width);
-            resize(k_heads, keys * width);
-            resize(v_t, width * keys);
-            resize(out, seq_len * width);
-            resize(scores, seq_len * keys);
+            q_heads.resize(seq_len * width, 0.0);
+            k_heads.resize(keys * width, 0.0);
+            v_t.resize(width * keys, 0.0);
+            out.resize(seq_len * width, 0.0);
+            scores.resize(seq_len * keys, 0.0);
             transpose_blocks(q, seq_len, heads, head_dim, q_heads);
             transpose_blocks(&k[..keys * width], keys, heads, head_dim, k_heads);
             // V^T of every head at once: head `h`'s `[head_dim, keys]` are rows `h * head_dim ..`
             // of the transposed `[keys, width]` matrix.
-            transpose(&v[..keys * width], keys, width, v_t);
+            crate::train::transpose_into(&v[..keys * width], keys, width, v_t);
             for head in 0..heads {
                 let q_head = &q_heads[head * seq_len * head_dim..][..seq_len * head_dim];
                 let k_head = &k_heads[head * keys * head_dim..][..keys * head_dim];
@@ -834,11 +835,6 @@ struct HeadBuffers {
     key_bias: Vec<f32>,
 }
 
-/// Sets `buffer`'s length to `len`; every element is overwritten before it is read.
-fn resize(buffer: &mut Vec<f32>, len: usize) {
-    buffer.resize(len, 0.0);
-}
-
 /// `dst[b][a] = src[a][b]` for blocks of `block` floats: `src` is `[n_a, n_b]` blocks, `dst`
 /// `[n_b, n_a]`. The head dimensions of the BERT family (32, 64) are compile-time block sizes,
 /// so each block is copied by a few vector moves in line rather than a `memcpy` call.
@@ -864,26 +860,6 @@ fn transpose_blocks_of<const B: usize>(src: &[f32], n_a: usize, n_b: usize, dst:
         // A strided store per block: not a loop the compiler turns back into `memcpy` calls.
         for (b, block) in row.iter().enumerate() {
             dst[b * n_a + a] = *block;
-        }
-    }
-}
-
-/// `dst = src^T` for a row-major `[rows, cols]` `src`, eight source rows at a time so that each
-/// store writes eight consecutive floats of a `dst` row.
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    assert!(src.len() == rows * cols && dst.len() == src.len(), "transpose: shapes do not match");
-    let full = rows / 8 * 8;
-    for (block, eight) in src[..full * cols].chunks_exact(8 * cols).enumerate() {
-        let row = |i: usize| &eight[i * cols..][..cols];
-        let rows8 = [row(0), row(1), row(2), row(3), row(4), row(5), row(6), row(7)];
-        for c in 0..cols {
-            let column: [f32; 8] = std::array::from_fn(|i| rows8[i][c]);
-            dst[c * rows + block * 8..][..8].copy_from_slice(&column);
-        }
-    }
-    for r in full..rows {
-        for (c, &value) in src[r * cols..][..cols].iter().enumerate() {
-            dst[c * rows + r] = value;
         }
     }
 }

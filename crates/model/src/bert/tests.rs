@@ -307,7 +307,7 @@ fn head_transposes_move_every_value() {
     for (rows, cols) in [(0, 3), (7, 5), (8, 3), (19, 12)] {
         let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
         let mut dst = vec![f32::NAN; src.len()];
-        super::transpose(&src, rows, cols, &mut dst);
+        crate::train::transpose_into(&src, rows, cols, &mut dst);
         for (r, c) in (0..rows).flat_map(|r| (0..cols).map(move |c| (r, c))) {
             assert_eq!(dst[c * rows + r], src[r * cols + c], "{rows} x {cols}");
         }

@@ -5,10 +5,18 @@ use std::f64::consts::{FRAC_1_SQRT_2, PI};
 
 /// `a` `[rows, cols]` transposed into `[cols, rows]`, row-major.
 pub(crate) fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    assert_eq!(a.len(), rows * cols, "transpose: {} values are not {rows} x {cols}", a.len());
     let mut t = vec![0.0f32; a.len()];
+    transpose_into(a, rows, cols, &mut t);
+    t
+}
+
+/// [`transpose`] into `t` (`[cols, rows]`, every value overwritten), for callers that reuse
+/// their buffers (the encoder's attention transposes V with it).
+pub(crate) fn transpose_into(a: &[f32], rows: usize, cols: usize, t: &mut [f32]) {
+    assert_eq!(a.len(), rows * cols, "transpose: {} values are not {rows} x {cols}", a.len());
+    assert_eq!(t.len(), a.len(), "transpose: the output holds {} values, not {}", t.len(), a.len());
     if cols == 0 {
-        return t;
+        return;
     }
     // Eight source rows at a time: eight sequential read streams, and each output row gets
     // eight contiguous values per visit.
@@ -29,7 +37,6 @@ pub(crate) fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
             t[col * rows + row] = value;
         }
     }
-    t
 }
 
 /// `a b^T`: `a` `[m, k]`, `b` `[n, k]`, result `[m, n]`.

@@ -51,6 +51,8 @@
 //! transformers load.
 
 mod math;
+
+pub(crate) use math::transpose_into;
 mod optim;
 mod params;
 mod tape;
