@@ -639,7 +639,7 @@ fn model_table(results: &[Measurement]) -> Option<String> {
         for m in by_length {
             let _ = writeln!(
                 out,
-                "| batches of {} | {} | {} | {:.2}x |",
+                "| batches of at most {} (`--batch-size`) | {} | {} | {:.2}x |",
                 m.parameter,
                 ms(m.median_ns),
                 format_rate(gflops(m)),
@@ -853,8 +853,8 @@ mod tests {
         assert!(text.contains("| GELU | 30 | - | - | 3 % |"), "{text}");
         assert!(text.contains("(forward minus the parts above) | 120 | - | - | 12 % |"), "{text}");
         assert!(text.contains("| tokenization (48 sentences, not in the forward pass) | 5.00 | - | - | - |"), "{text}");
-        let eight = text.find("| batches of 8 | 500 | 140 | 2.00x |").expect(&text);
-        let sixteen = text.find("| batches of 16 | 400 | 175 | 2.50x |").expect(&text);
+        let eight = text.find("| batches of at most 8 (`--batch-size`) | 500 | 140 | 2.00x |").expect(&text);
+        let sixteen = text.find("| batches of at most 16 (`--batch-size`) | 400 | 175 | 2.50x |").expect(&text);
         assert!(eight < sixteen, "{text}");
         assert!(!text.contains("dense_gemm"), "{text}");
         assert!(report(Path::new("x"), &results[..1], Selection::Model).contains("no results"));

@@ -37,7 +37,8 @@ pub struct RunArgs {
     /// different runs and machines compare.
     #[arg(long, value_name = "N", default_value = "1")]
     pub threads: NonZeroUsize,
-    /// Sentences per batch; sentences are sorted by length first, so each batch pads little.
+    /// Most sentences per batch; sentences are sorted by length first and a batch ends early where
+    /// padding to the next length would cost more than another batch, so each pads little.
     #[arg(long, value_name = "N", default_value = "32")]
     pub batch_size: NonZeroUsize,
 }
@@ -74,7 +75,7 @@ pub fn run(args: &Args) -> anyhow::Result<String> {
     writer.finish()?;
 
     eprintln!(
-        "embedded {n_lines} lines in {:.1} ms ({}, batches of {})",
+        "embedded {n_lines} lines in {:.1} ms ({}, batches of at most {})",
         elapsed.as_secs_f64() * 1e3,
         args.run.threads_text(),
         args.run.batch_size

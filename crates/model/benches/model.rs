@@ -176,7 +176,7 @@ fn bench_model(c: &mut Criterion) {
     });
 
     group.throughput(Throughput::Elements(total_flops));
-    for batch_size in [4, 8, 16] {
+    for batch_size in [8, 16, 32] {
         group.bench_with_input(BenchmarkId::new("embed_by_length", batch_size), &batch_size, |b, &batch_size| {
             b.iter(|| encoder.embed_sentences(&sentences, batch_size).expect("the golden sentences embed"))
         });

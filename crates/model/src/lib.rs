@@ -47,7 +47,7 @@ mod stored;
 pub mod train;
 
 pub use bert::{Activation, Batch, BertModel, Hidden, LAYER_ROLES, LinearInput};
-pub use encoder::{Embeddings, SentenceEncoder, Tokens};
+pub use encoder::{BATCH_COST_SLOTS, Embeddings, SentenceEncoder, Tokens, plan_batches};
 pub use error::{Error, Result};
 pub use linear::{Linear, LinearKind};
 pub use pooling::{Pooling, PoolingMode};

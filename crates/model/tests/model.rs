@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use lathe_config::Role;
-use lathe_model::{Batch, BertModel, Hidden, LAYER_ROLES, LinearKind, Pooling, PoolingMode, SentenceEncoder};
+use lathe_model::{
+    BATCH_COST_SLOTS, Batch, BertModel, Hidden, LAYER_ROLES, LinearKind, Pooling, PoolingMode, SentenceEncoder,
+    plan_batches,
+};
 use lathe_quant::{QuantizedMatrix, Scheme};
 use safetensors::{Dtype, SafeTensors};
 
@@ -195,14 +198,19 @@ fn batching_by_length_matches_the_padded_batch() {
         assert!(diff <= 1e-5, "batch size {batch_size}: max abs diff with the padded batch {diff}");
         let mut lengths = golden.lengths.clone();
         lengths.sort_unstable();
-        let slots: usize = lengths.chunks(batch_size).map(|chunk| chunk.len() * chunk.last().unwrap()).sum();
+        let plan = plan_batches(&lengths, batch_size);
+        let slots: usize = plan.iter().map(|range| range.len() * lengths[range.end - 1]).sum();
         assert_eq!(embeddings.token_slots(), slots);
+        let chunked: usize = lengths.chunks(batch_size).map(|chunk| chunk.len() * chunk.last().unwrap()).sum();
+        let (planned_cost, chunked_cost) =
+            (slots + BATCH_COST_SLOTS * plan.len(), chunked + BATCH_COST_SLOTS * lengths.len().div_ceil(batch_size));
+        assert!(planned_cost <= chunked_cost, "{slots} slots in {} batches against {chunked} in chunks", plan.len());
         assert_eq!(embeddings.real_tokens(), golden.lengths.iter().sum::<usize>());
     }
     let by_eight = encoder().embed_sentences(&golden.sentences, 8).unwrap();
-    // The padded batch computes 48 x 68 = 3264 slots for 904 real tokens; batches of 8 sorted
-    // by length compute 1216.
-    assert!(by_eight.token_slots() * 2 < N * L, "{} slots", by_eight.token_slots());
+    // The padded batch computes 48 x 68 = 3264 slots for 904 real tokens; chunks of 8 sorted
+    // by length would compute 1216, the plan fewer.
+    assert!(by_eight.token_slots() < 1216, "{} slots", by_eight.token_slots());
     let empty = encoder().embed_sentences::<&str>(&[], 8).unwrap();
     assert!(empty.is_empty() && empty.token_slots() == 0);
 }

@@ -33,7 +33,7 @@ pub const TIMED_RUNS: usize = 5;
 /// The fewest sentences an evaluation accepts: each needs a nearest other sentence.
 pub const MIN_SENTENCES: usize = 2;
 
-/// Sentences per batch where a whole evaluation set is embedded (as `lathe eval` does).
+/// Most sentences per batch where a whole evaluation set is embedded (as `lathe eval` does).
 pub(crate) const BATCH: usize = 32;
 
 /// The sentences of `path`, one per line, or the shipped evaluation set; at least
