@@ -523,13 +523,14 @@ pub fn unpack_int4(packed: &[u8], dst: &mut [i8]) {
 }
 
 /// Quantizes one row of activations (one token) to int8, symmetric and dynamic: `scale = amax /
-/// 127` (at least the smallest subnormal when amax > 0), `dst[i] = round_half_even(x[i] / scale)`
-/// clamped to `-127..=127` (never -128, so the values suit `maddubs`-style kernels). Returns the
-/// scale; `x[i] ~ dst[i] * scale`.
+/// 127` (at least the smallest subnormal when amax > 0), `dst[i] = round_half_even(x[i] * (1 /
+/// scale))`, the reciprocal rounded to f32 once a row as fbgemm does (`x[i] / scale` for the
+/// subnormal scales whose reciprocal overflows), clamped to `-127..=127` (never -128, so the
+/// values suit `maddubs`-style kernels). Returns the scale; `x[i] ~ dst[i] * scale`.
 ///
 /// A row of zeros (or an empty row) returns scale 0 with all values 0. NaN inputs become 0 and
 /// do not count in `amax`; an infinite input makes the scale infinite (every finite value then
-/// becomes 0, and so does the infinity, as `inf / inf` is NaN).
+/// becomes 0, and so does the infinity, as `inf * 0` is NaN).
 ///
 /// Runs on the fastest kernel this CPU has, chosen once (see [`crate::isa::active`]); every
 /// kernel gives the same bits (see [`quantize_activations_i8_kernel`]).
@@ -558,6 +559,77 @@ pub fn quantize_activations_i8_kernel(isa: Isa) -> Option<ActivationQuantizer> {
     }
 }
 
+/// [`quantize_activations_i8`] of `x` scaled per channel by `input_scale` (each `x[i] *
+/// input_scale[i]` rounded to f32 first, as a separate multiplication would), written widened to
+/// i16: the same scale and the same values, in one pass over `x` instead of three. This is what
+/// the int8 GEMM feeds its `madd` kernel.
+///
+/// Runs on the fastest kernel this CPU has, chosen once; every kernel gives the same bits (see
+/// [`quantize_activations_i16_kernel`]).
+///
+/// # Panics
+/// If `x.len() != dst.len()`, or `input_scale` is given with another length.
+pub fn quantize_activations_i16(x: &[f32], input_scale: Option<&[f32]>, dst: &mut [i16]) -> f32 {
+    static DISPATCHED: OnceLock<WideActivationQuantizer> = OnceLock::new();
+    let kernel = DISPATCHED.get_or_init(|| {
+        quantize_activations_i16_kernel(crate::isa::active()).unwrap_or(quantize_activations_i16_scalar)
+    });
+    kernel(x, input_scale, dst)
+}
+
+/// The signature of [`quantize_activations_i16`] and of its per-instruction-set kernels.
+pub type WideActivationQuantizer = fn(&[f32], Option<&[f32]>, &mut [i16]) -> f32;
+
+/// The [`quantize_activations_i16`] kernel of `isa`, or `None` when this CPU cannot run it. All
+/// are bit-identical with the scalar one, NaN and infinities included, and panic as it does.
+pub fn quantize_activations_i16_kernel(isa: Isa) -> Option<WideActivationQuantizer> {
+    match isa {
+        Isa::Scalar => Some(quantize_activations_i16_scalar),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => crate::ggml::avx2_wide_activation_quantizer(),
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 => None,
+    }
+}
+
+/// Checks the lengths of a [`quantize_activations_i16`] call, the same in every kernel.
+pub(crate) fn check_wide_lengths(x: &[f32], input_scale: Option<&[f32]>, dst: &[i16]) {
+    assert_eq!(x.len(), dst.len(), "quantize_activations_i16: source and destination lengths differ");
+    if let Some(input_scale) = input_scale {
+        assert_eq!(input_scale.len(), x.len(), "quantize_activations_i16: input scale and source lengths differ");
+    }
+}
+
+/// The portable reference of [`quantize_activations_i16`].
+fn quantize_activations_i16_scalar(x: &[f32], input_scale: Option<&[f32]>, dst: &mut [i16]) -> f32 {
+    check_wide_lengths(x, input_scale, dst);
+    let value = |i: usize| input_scale.map_or(x[i], |input_scale| x[i] * input_scale[i]);
+    let amax = (0..x.len()).fold(0.0f32, |amax, i| amax.max(value(i).abs()));
+    let scale = activation_scale(amax);
+    if scale == 0.0 {
+        dst.fill(0);
+        return 0.0;
+    }
+    let factor = activation_factor(scale);
+    for (i, dst) in dst.iter_mut().enumerate() {
+        *dst = i16::from(activation_quotient(value(i), factor).round_ties_even().clamp(-127.0, 127.0) as i8);
+    }
+    scale
+}
+
+/// What a row's values are multiplied by, or divided by, before rounding: `(1 / scale, true)`
+/// (a multiplication is several times cheaper than a division), or `(scale, false)` when
+/// `1 / scale` overflows (subnormal scales below 2^-128), shared by every kernel.
+pub(crate) fn activation_factor(scale: f32) -> (f32, bool) {
+    let inverse = 1.0 / scale;
+    if inverse.is_finite() { (inverse, true) } else { (scale, false) }
+}
+
+/// `value` in units of its row's scale, from [`activation_factor`].
+pub(crate) fn activation_quotient(value: f32, (factor, multiply): (f32, bool)) -> f32 {
+    if multiply { value * factor } else { value / factor }
+}
+
 /// The scale of a row whose largest magnitude (NaN skipped) is `amax`, shared by every kernel.
 pub(crate) fn activation_scale(amax: f32) -> f32 {
     // A subnormal amax can underflow to a zero scale: keep the smallest positive one instead, so
@@ -575,8 +647,9 @@ fn quantize_activations_i8_scalar(x: &[f32], dst: &mut [i8]) -> f32 {
         dst.fill(0);
         return 0.0;
     }
+    let factor = activation_factor(scale);
     for (dst, &value) in dst.iter_mut().zip(x) {
-        *dst = (value / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+        *dst = activation_quotient(value, factor).round_ties_even().clamp(-127.0, 127.0) as i8;
     }
     scale
 }

@@ -226,6 +226,13 @@ impl IntTaskBuffers {
         self.wide.resize(n_tokens * panels.padded_cols, 0);
         self.scales.clear();
         self.group_sums.clear();
+        if padded_group_len == group_len && !asymmetric {
+            // No padding between groups and no sums to keep: one fused pass a token.
+            for (token, wide) in x.chunks_exact(cols).zip(self.wide.chunks_exact_mut(panels.padded_cols)) {
+                self.scales.push(linear::quantize_activations_i16(token, input_scale, wide));
+            }
+            return;
+        }
         for (token, wide) in x.chunks_exact(cols).zip(self.wide.chunks_exact_mut(panels.padded_cols)) {
             let token = match input_scale {
                 Some(input_scale) => {

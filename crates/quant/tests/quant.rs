@@ -478,12 +478,61 @@ mod activations_match_scalar {
         Ok(())
     }
 
+    /// The widened quantizer of every kernel equals the int8 one (scalar) on the scaled row,
+    /// widened, with and without a per-channel input scale.
+    fn check_wide(x: &[f32], dst_offset: usize, factors: &[f32]) -> Result<(), TestCaseError> {
+        let input_scale: Vec<f32> = (0..x.len()).map(|i| factors[i % factors.len()]).collect();
+        for input_scale in [None, Some(&input_scale[..])] {
+            let scaled: Vec<f32> = match input_scale {
+                Some(input_scale) => x.iter().zip(input_scale).map(|(v, s)| v * s).collect(),
+                None => x.to_vec(),
+            };
+            let mut narrow = vec![0i8; x.len()];
+            let expected_scale = scalar()(&scaled, &mut narrow);
+            let expected: Vec<i16> = narrow.iter().map(|&q| i16::from(q)).collect();
+            let kernels = Isa::supported()
+                .into_iter()
+                .filter_map(|isa| Some((isa.name(), linear::quantize_activations_i16_kernel(isa)?)));
+            let kernels =
+                kernels.chain([("dispatched", linear::quantize_activations_i16 as linear::WideActivationQuantizer)]);
+            for (name, quantize) in kernels {
+                let mut actual = vec![99i16; dst_offset + x.len() + 3];
+                let scale = quantize(x, input_scale, &mut actual[dst_offset..dst_offset + x.len()]);
+                prop_assert_eq!(
+                    scale.to_bits(),
+                    expected_scale.to_bits(),
+                    "{}: scale {} vs {}",
+                    name,
+                    scale,
+                    expected_scale
+                );
+                prop_assert_eq!(
+                    &actual[dst_offset..dst_offset + x.len()],
+                    &expected[..],
+                    "{}: values of {:?}",
+                    name,
+                    x
+                );
+                prop_assert!(actual[..dst_offset].iter().chain(&actual[dst_offset + x.len()..]).all(|&q| q == 99));
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
         #[test]
         fn kernels_match_scalar_on_finite_input((buffer, offset, dst_offset) in row(finite_value())) {
             check(&buffer[offset..], dst_offset)?;
+        }
+
+        #[test]
+        fn widened_kernels_match_the_int8_quantizer(
+            (buffer, offset, dst_offset) in row(any_value()),
+            factors in vec(prop_oneof![4 => 0.01f32..100.0, 1 => Just(0.0f32), 1 => Just(f32::INFINITY)], 1..7),
+        ) {
+            check_wide(&buffer[offset..], dst_offset, &factors)?;
         }
 
         #[test]
@@ -497,6 +546,12 @@ mod activations_match_scalar {
         for isa in Isa::supported() {
             let quantize = linear::quantize_activations_i8_kernel(isa).expect("a supported isa has a kernel");
             assert!(std::panic::catch_unwind(|| quantize(&[1.0; 33], &mut [0; 32])).is_err(), "{isa:?}");
+            let quantize = linear::quantize_activations_i16_kernel(isa).expect("a supported isa has a kernel");
+            assert!(std::panic::catch_unwind(|| quantize(&[1.0; 33], None, &mut [0; 32])).is_err(), "{isa:?}");
+            assert!(
+                std::panic::catch_unwind(|| quantize(&[1.0; 33], Some(&[1.0; 32]), &mut [0; 33])).is_err(),
+                "{isa:?}"
+            );
         }
     }
 }

@@ -99,3 +99,10 @@ pub use scalar::{
 pub(crate) fn avx2_activation_quantizer() -> Option<crate::linear::ActivationQuantizer> {
     x86_64::avx2::activation_quantizer()
 }
+
+/// The AVX2 kernel of [`crate::linear::quantize_activations_i16`], or `None` when this CPU cannot
+/// run it (next to its int8 twin).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_wide_activation_quantizer() -> Option<crate::linear::WideActivationQuantizer> {
+    x86_64::avx2::wide_activation_quantizer()
+}

@@ -51,7 +51,7 @@ use half::f16;
 
 use crate::Isa;
 use crate::ggml::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, Kernels, QK};
-use crate::linear::ActivationQuantizer;
+use crate::linear::{ActivationQuantizer, WideActivationQuantizer};
 
 /// Blocks per quantizer iteration: one block per f32 lane.
 const GROUP: usize = 8;
@@ -114,6 +114,17 @@ pub(crate) fn activation_quantizer() -> Option<ActivationQuantizer> {
         unsafe { quantize_activations_i8(x, dst) }
     }
     Isa::Avx2.is_supported().then_some(entry as ActivationQuantizer)
+}
+
+/// The AVX2 [`crate::linear::quantize_activations_i16`], or `None` when this CPU lacks AVX2, FMA
+/// or F16C.
+pub(crate) fn wide_activation_quantizer() -> Option<WideActivationQuantizer> {
+    fn entry(x: &[f32], input_scale: Option<&[f32]>, dst: &mut [i16]) -> f32 {
+        // SAFETY: reachable only through the pointer returned below, only when
+        // `Isa::Avx2.is_supported()` found AVX2, FMA and F16C on this CPU.
+        unsafe { quantize_activations_i16(x, input_scale, dst) }
+    }
+    Isa::Avx2.is_supported().then_some(entry as WideActivationQuantizer)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -779,15 +790,25 @@ fn absmax_step(x: &[f32; ACTIVATION_CHUNK], acc: &mut [__m256; 4]) {
     }
 }
 
-/// The 32 values `(x / scale).round_ties_even().clamp(-127.0, 127.0) as i8`, in order.
+/// `v` times, or divided by, the broadcast `factor`, as [`crate::linear::activation_factor`] says.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn activation_values(x: &[f32; ACTIVATION_CHUNK], scale: __m256) -> __m256i {
+fn activation_quotient(v: __m256, factor: __m256, multiply: bool) -> __m256 {
+    if multiply { _mm256_mul_ps(v, factor) } else { _mm256_div_ps(v, factor) }
+}
+
+/// The 32 values `activation_quotient(x).round_ties_even().clamp(-127.0, 127.0) as i8`, in order.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn activation_values(x: &[f32; ACTIVATION_CHUNK], factor: __m256, multiply: bool) -> __m256i {
     let (v, _) = x.as_chunks::<8>();
     let (low, high) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
     let q = |v: &[f32; 8]| {
-        let rounded =
-            _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_div_ps(load(v), scale));
+        let rounded = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(activation_quotient(
+            load(v),
+            factor,
+            multiply,
+        ));
         // NaN becomes 0 (`NaN as i8`) before the clamp, which would otherwise keep a bound.
         _mm256_cvttps_epi32(_mm256_min_ps(high, _mm256_max_ps(low, zero_nan(rounded))))
     };
@@ -817,15 +838,75 @@ fn quantize_activations_i8(x: &[f32], dst: &mut [i8]) -> f32 {
         dst.fill(0);
         return 0.0;
     }
-    let scale_vector = _mm256_set1_ps(scale);
+    let (factor, multiply) = crate::linear::activation_factor(scale);
+    let factor = _mm256_set1_ps(factor);
     let (dst_chunks, dst_tail) = dst.as_chunks_mut::<ACTIVATION_CHUNK>();
     for (x, q) in chunks.iter().zip(dst_chunks) {
-        store_32(q, activation_values(x, scale_vector));
+        store_32(q, activation_values(x, factor, multiply));
     }
     if !dst_tail.is_empty() {
         let mut q = [0i8; ACTIVATION_CHUNK];
-        store_32(&mut q, activation_values(&padded, scale_vector));
+        store_32(&mut q, activation_values(&padded, factor, multiply));
         dst_tail.copy_from_slice(&q[..dst_tail.len()]);
+    }
+    scale
+}
+
+/// [`crate::linear::quantize_activations_i16`]: 16 values per step (two vectors, packed to i16
+/// together), the scaled values computed again in the second pass rather than stored (the same
+/// product gives the same bits), the last partial step by the scalar formulas.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_activations_i16(x: &[f32], input_scale: Option<&[f32]>, dst: &mut [i16]) -> f32 {
+    crate::linear::check_wide_lengths(x, input_scale, dst);
+    const STEP: usize = 16;
+    let body = x.len() / STEP * STEP;
+    let scaled = |i: usize| -> __m256 {
+        // SAFETY: `i + 8 <= body <= x.len()`, and `input_scale` has `x.len()` values.
+        unsafe {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            match input_scale {
+                Some(input_scale) => _mm256_mul_ps(v, _mm256_loadu_ps(input_scale.as_ptr().add(i))),
+                None => v,
+            }
+        }
+    };
+    let value = |i: usize| input_scale.map_or(x[i], |input_scale| x[i] * input_scale[i]);
+    let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    // `max(|v|, acc)` keeps `acc` where `v` is NaN, as `f32::max` skips NaN.
+    let (mut acc_low, mut acc_high) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for i in (0..body).step_by(STEP) {
+        acc_low = _mm256_max_ps(_mm256_and_ps(scaled(i), magnitude), acc_low);
+        acc_high = _mm256_max_ps(_mm256_and_ps(scaled(i + 8), magnitude), acc_high);
+    }
+    let lanes: [f32; 8] = bytemuck::cast(_mm256_max_ps(acc_low, acc_high));
+    let amax = (body..x.len()).fold(lanes.into_iter().fold(0.0f32, f32::max), |amax, i| amax.max(value(i).abs()));
+    let scale = crate::linear::activation_scale(amax);
+    if scale == 0.0 {
+        dst.fill(0);
+        return 0.0;
+    }
+    let (factor, multiply) = crate::linear::activation_factor(scale);
+    let factor_vector = _mm256_set1_ps(factor);
+    // Every finite quotient is small (about 127 at most, twice that for subnormal scales, whose
+    // rounding is coarse), so converting with the default round-to-nearest-even gives the
+    // rounded value; the one lane value it cannot give, NaN's `i32::MIN` (only from NaN or `inf *
+    // 0`), saturates to `i16::MIN` in the pack and becomes 0 (`NaN as i8`) there. The clamp to
+    // -127..=127 is then done on i16 lanes, 16 at a time.
+    let nan_lanes = _mm256_set1_epi16(i16::MIN);
+    let (low, high) = (_mm256_set1_epi16(-127), _mm256_set1_epi16(127));
+    let quantize = |v: __m256| _mm256_cvtps_epi32(activation_quotient(v, factor_vector, multiply));
+    for i in (0..body).step_by(STEP) {
+        // `packs` interleaves the two vectors' 128-bit halves; the permutation restores order.
+        let packed = _mm256_packs_epi32(quantize(scaled(i)), quantize(scaled(i + 8)));
+        let packed = _mm256_andnot_si256(_mm256_cmpeq_epi16(packed, nan_lanes), packed);
+        let clamped = _mm256_min_epi16(high, _mm256_max_epi16(low, packed));
+        let ordered = _mm256_permute4x64_epi64::<0b11_01_10_00>(clamped);
+        // SAFETY: `i + 16 <= body <= dst.len()`; the store is unaligned.
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), ordered) };
+    }
+    for i in body..x.len() {
+        let quotient = crate::linear::activation_quotient(value(i), (factor, multiply));
+        dst[i] = i16::from(quotient.round_ties_even().clamp(-127.0, 127.0) as i8);
     }
     scale
 }
