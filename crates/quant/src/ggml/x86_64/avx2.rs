@@ -904,9 +904,9 @@ fn quantize_activations_i16(x: &[f32], input_scale: Option<&[f32]>, dst: &mut [i
         // SAFETY: `i + 16 <= body <= dst.len()`; the store is unaligned.
         unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), ordered) };
     }
-    for i in body..x.len() {
+    for (i, dst) in dst.iter_mut().enumerate().skip(body) {
         let quotient = crate::linear::activation_quotient(value(i), (factor, multiply));
-        dst[i] = i16::from(quotient.round_ties_even().clamp(-127.0, 127.0) as i8);
+        *dst = i16::from(quotient.round_ties_even().clamp(-127.0, 127.0) as i8);
     }
     scale
 }
