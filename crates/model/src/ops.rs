@@ -301,8 +301,8 @@ mod tests {
             (1.0, 0.841_344_746_068_542_95),
             (2.5, 2.484_475_836_685_559_7),
         ] {
-            // The scalar path is within 6e-8 relative of the truth, the f32 AVX2 one 4.3e-7.
-            for (got, relative) in gelu(x).into_iter().zip([1e-7, 4.3e-7]) {
+            // The scalar path is within 6e-8 relative of the truth, the f32 AVX2 one 4.7e-7.
+            for (got, relative) in gelu(x).into_iter().zip([1e-7, 4.7e-7]) {
                 let got = f64::from(got);
                 assert!((got - want).abs() <= relative * want.abs(), "gelu({x}) = {got}, want {want}");
             }
@@ -324,7 +324,7 @@ mod tests {
             let direct = x64 * normal_cdf(x64);
             let flushed = if x64 <= -8.0 { 1e-14 } else { 0.0 };
             let scalar = 6.0e-8 * direct.abs() + 3e-10 * x64.abs() + flushed;
-            let avx2 = 4.3e-7 * direct.abs() + 1e-44 + flushed;
+            let avx2 = 4.7e-7 * direct.abs() + 1e-44 + flushed;
             for (got, bound) in gelu(x).into_iter().zip([scalar, avx2]) {
                 prop_assert!((f64::from(got) - direct).abs() <= bound, "gelu({}) = {} vs {}", x, got, direct);
             }

@@ -81,10 +81,15 @@ fn gelu8(x: __m256) -> __m256 {
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), exponent);
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
     let r = _mm256_fmadd_ps(low, _mm256_set1_ps(-0.5), r);
-    let mut e = _mm256_set1_ps(GELU8_EXP[GELU8_EXP.len() - 1]);
-    for &c in GELU8_EXP.iter().rev().skip(1) {
-        e = _mm256_fmadd_ps(e, r, _mm256_set1_ps(c));
-    }
+    // Estrin's scheme: `(c0 + c1 r) + r^2 (c2 + c3 r) + r^4 (c4 + c5 r + c6 r^2)`, three steps
+    // deep instead of Horner's six; `exp` is on the critical path of the whole function.
+    let c = |i: usize| _mm256_set1_ps(GELU8_EXP[i]);
+    let r2 = _mm256_mul_ps(r, r);
+    let r4 = _mm256_mul_ps(r2, r2);
+    let p01 = _mm256_fmadd_ps(c(1), r, c(0));
+    let p23 = _mm256_fmadd_ps(c(3), r, c(2));
+    let p456 = _mm256_fmadd_ps(c(6), r2, _mm256_fmadd_ps(c(5), r, c(4)));
+    let e = _mm256_fmadd_ps(p456, r4, _mm256_fmadd_ps(p23, r2, p01));
     // The low bits of `shifted` hold `n` (two's complement, -47 <= n <= 0); `n + 127` is the
     // biased exponent of 2^n.
     let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(127)));
@@ -97,8 +102,9 @@ fn gelu8(x: __m256) -> __m256 {
     for &c in GELU8_D.iter().rev().skip(1) {
         denominator = _mm256_fmadd_ps(denominator, a, _mm256_set1_ps(c));
     }
-    // Phi(-a) = erfc(a / sqrt 2) / 2, computed without cancellation; Phi(a) = 1 - Phi(-a).
-    let half_erfc = _mm256_div_ps(_mm256_mul_ps(e, numerator), denominator);
+    // Phi(-a) = erfc(a / sqrt 2) / 2, computed without cancellation; Phi(a) = 1 - Phi(-a). The
+    // division depends on `a` alone, so it runs while `exp` is still being computed.
+    let half_erfc = _mm256_mul_ps(e, _mm256_div_ps(numerator, denominator));
     let negative = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_setzero_ps());
     let phi = _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(1.0), half_erfc), half_erfc, negative);
     let product = _mm256_mul_ps(x, phi);
