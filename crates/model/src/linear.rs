@@ -49,11 +49,16 @@ enum Kernel {
     Quantized(QuantizedMatrix),
     /// Run by `QuantizedMatrix::gemm_weight_only` (activations stay f32), then the bias added.
     WeightOnly(QuantizedMatrix),
-    /// Run by lathe-sparse's CSR product.
-    Csr(CsrMatrix),
-    /// Run by lathe-sparse's N:M product.
-    Nm(NmMatrix),
+    /// Run by lathe-sparse's CSR product, or on the dense copy for calls with more tokens than
+    /// the rule gives to the sparse kernel.
+    Csr(CsrMatrix, DenseCopy),
+    /// Run by lathe-sparse's N:M product, or on the dense copy as [`Kernel::Csr`].
+    Nm(NmMatrix, DenseCopy),
 }
+
+/// The dense f32 weights of a sparse linear, made from the sparse matrix at the first call that
+/// [`prefer_sparse`] gives to the dense GEMM (batches of many tokens), and kept for the next.
+type DenseCopy = std::sync::OnceLock<Vec<f32>>;
 
 /// Which kernel runs a [`Linear`]. Displays as `dense f32`, or as the quantization scheme
 /// (`q8_0`, `int8-channel` ...).
@@ -187,7 +192,7 @@ impl Linear {
             in_features: matrix.cols(),
             bias,
             input_scale: None,
-            kernel: Kernel::Csr(matrix),
+            kernel: Kernel::Csr(matrix, DenseCopy::new()),
         })
     }
 
@@ -202,7 +207,7 @@ impl Linear {
             in_features: matrix.cols(),
             bias,
             input_scale: None,
-            kernel: Kernel::Nm(matrix),
+            kernel: Kernel::Nm(matrix, DenseCopy::new()),
         })
     }
 
@@ -210,6 +215,11 @@ impl Linear {
     /// ([`prefer_sparse`]) says is fastest for calls of about `n_tokens` tokens: N:M when every
     /// group of `m` columns holds at most `n` nonzeros (2:4, then 4:8), else CSR, else dense.
     /// Exact zeros are what counts as pruned.
+    ///
+    /// A sparse linear (from here, [`csr`](Self::csr) or [`n_m`](Self::n_m)) asks the rule
+    /// again on every call with that call's tokens: a batch too large for the sparse kernel to
+    /// win runs the dense GEMM on a dense copy of the weights, made from the sparse matrix at the
+    /// first such call and kept (the f32 size of the layer, once).
     ///
     /// # Errors
     /// [`Error::LinearSize`] when a length does not match the shape.
@@ -275,8 +285,8 @@ impl Linear {
             Kernel::Dense(_) => LinearKind::DenseF32,
             Kernel::Quantized(matrix) => LinearKind::Quantized(matrix.scheme()),
             Kernel::WeightOnly(matrix) => LinearKind::WeightOnly(matrix.scheme()),
-            Kernel::Csr(_) => LinearKind::SparseCsr,
-            Kernel::Nm(matrix) => LinearKind::SparseNm { n: matrix.n(), m: matrix.m() },
+            Kernel::Csr(..) => LinearKind::SparseCsr,
+            Kernel::Nm(matrix, _) => LinearKind::SparseNm { n: matrix.n(), m: matrix.m() },
         }
     }
 
@@ -308,8 +318,8 @@ impl Linear {
                 }
                 weights
             }
-            Kernel::Csr(matrix) => matrix.to_dense(),
-            Kernel::Nm(matrix) => matrix.to_dense(),
+            Kernel::Csr(matrix, _) => matrix.to_dense(),
+            Kernel::Nm(matrix, _) => matrix.to_dense(),
         }
     }
 
@@ -338,21 +348,42 @@ impl Linear {
                 matrix.gemm_weight_only(&self.smoothed_input(x, n_tokens), n_tokens, y);
                 self.add_bias(y);
             }
-            Kernel::Csr(matrix) => {
+            Kernel::Csr(matrix, dense) => {
                 let x = self.smoothed_input(x, n_tokens);
+                if !prefer_sparse(Format::Csr, self.out_features, self.in_features, matrix.density(), n_tokens) {
+                    return self.dense_copy_forward(dense, || matrix.to_dense(), &x, n_tokens, y);
+                }
                 match &self.bias {
                     Some(bias) => matrix.spmm_bias(&x, n_tokens, bias, y),
                     None => matrix.spmm(&x, n_tokens, y),
                 }
             }
-            Kernel::Nm(matrix) => {
+            Kernel::Nm(matrix, dense) => {
                 let x = self.smoothed_input(x, n_tokens);
+                let format = Format::Nm { n: matrix.n(), m: matrix.m() };
+                if !prefer_sparse(format, self.out_features, self.in_features, matrix.density(), n_tokens) {
+                    return self.dense_copy_forward(dense, || matrix.to_dense(), &x, n_tokens, y);
+                }
                 match &self.bias {
                     Some(bias) => matrix.spmm_bias(&x, n_tokens, bias, y),
                     None => matrix.spmm(&x, n_tokens, y),
                 }
             }
         }
+    }
+
+    /// A sparse linear's product on the dense GEMM, over its dense copy (made by `to_dense` at the
+    /// first such call).
+    fn dense_copy_forward(
+        &self,
+        dense: &DenseCopy,
+        to_dense: impl FnOnce() -> Vec<f32>,
+        x: &[f32],
+        n_tokens: usize,
+        y: &mut [f32],
+    ) {
+        let weights = dense.get_or_init(to_dense);
+        lathe_quant::dense::linear(x, n_tokens, weights, self.out_features, self.in_features, self.bias.as_deref(), y);
     }
 
     /// `x` with channel `j` multiplied by SmoothQuant's `1 / s[j]` when the linear is smoothed.
@@ -397,6 +428,35 @@ mod tests {
                 (state as f32 / u32::MAX as f32) * 2.0 - 1.0
             })
             .collect()
+    }
+
+    #[test]
+    fn sparse_linears_give_big_batches_to_the_dense_gemm_on_a_copy_of_their_weights() {
+        let (rows, cols) = (384, 384);
+        let mut weights = values(rows * cols, 3);
+        // 2:4: the second and fourth of every group pruned.
+        weights.chunks_mut(2).for_each(|pair| pair[1] = 0.0);
+        let bias = values(rows, 4);
+        let dense = Linear::dense(weights.clone(), rows, cols, Some(bias.clone())).unwrap();
+        let n_m = Linear::dense_or_sparse(weights.clone(), rows, cols, Some(bias.clone()), 32).unwrap();
+        let csr = Linear::csr(CsrMatrix::from_dense(&weights, rows, cols).unwrap(), Some(bias)).unwrap();
+        assert_eq!(n_m.kind(), LinearKind::SparseNm { n: 2, m: 4 });
+        for linear in [&n_m, &csr] {
+            let (Kernel::Csr(_, copy) | Kernel::Nm(_, copy)) = &linear.kernel else { unreachable!() };
+            for tokens in [32, 300] {
+                let x = values(tokens * cols, 5);
+                let (mut want, mut got) = (vec![0.0; tokens * rows], vec![0.0; tokens * rows]);
+                dense.forward(&x, tokens, &mut want);
+                linear.forward(&x, tokens, &mut got);
+                let error = want.iter().zip(&got).map(|(w, g)| (w - g).abs()).fold(0.0f32, f32::max);
+                assert!(error < 1e-4, "{} at {tokens} tokens: {error}", linear.kind());
+                // The dense copy exists once a call has had more tokens than the rule gives the
+                // sparse kernel, and holds exactly the sparse weights.
+                assert_eq!(copy.get().is_some(), tokens == 300, "{} at {tokens} tokens", linear.kind());
+            }
+            assert_eq!(copy.get().unwrap(), &weights);
+            assert_eq!(linear.kind(), if std::ptr::eq(linear, &csr) { LinearKind::SparseCsr } else { n_m.kind() });
+        }
     }
 
     #[test]

@@ -46,6 +46,20 @@ const GEMV_DRAM_BYTES: usize = 16 << 20;
 /// every call from 8 tokens on, which costs it most on the 4096x4096 layer, so that column's
 /// 128-token ratios are about twice those against the previous dense path (2.18 at 90 %).
 ///
+/// The dense GEMM then got 1.15 to 1.5 times faster at 32 to 128 tokens (weights packed a chunk
+/// at a time into reused buffers). Re-measured against it on the MiniLM shapes (interleaved
+/// minima of 30 rounds, one thread, 2026-11-28; 50 / 70 / 90 % CSR, 2:4):
+///
+/// | tokens | 50 % CSR | 70 % CSR | 90 % CSR | 2:4 | break-even density |
+/// |---|---|---|---|---|---|
+/// | 32 | 1.23 - 1.50 | 1.83 - 2.38 | 4.25 - 6.10 | 1.06 - 1.41 | unchanged |
+/// | 128 | 0.94 - 1.18 | 1.40 - 2.07 | 3.36 - 4.77 | 0.86 - 0.99 | CSR 0.45, N:M 0.45 |
+/// | 256 | 0.92 - 1.05 | 1.36 - 2.04 | 2.78 - 3.46 | 0.85 - 1.02 | CSR 0.4, N:M 0.45 |
+///
+/// So above 64 tokens 2:4 and half-pruned layers run faster dense (a model's batches of sorted
+/// sentences hold 100 to 400 tokens), which is why lathe-model's sparse linears ask this rule
+/// again on every call, with the call's own token count.
+///
 /// The dense GEMM is least efficient at small batches (7 to 38 GFLOP/s from 2 to 16 tokens,
 /// against 60 to 80 at 128), which is why the break-even density rises there; the sparse kernels
 /// run at 20 to 45 useful GFLOP/s. One token is a different game: the dense GEMV of a
@@ -67,7 +81,8 @@ pub fn prefer_sparse(format: Format, rows: usize, cols: usize, density: f64, n_t
         1 => 0.1,
         2..=16 => 0.5,
         17..=64 => 0.55,
-        _ => 0.5,
+        65..=128 => 0.45,
+        _ => 0.4,
     };
     let break_even = match format {
         Format::Csr => csr,
@@ -76,7 +91,8 @@ pub fn prefer_sparse(format: Format, rows: usize, cols: usize, density: f64, n_t
         Format::Nm { .. } => match n_tokens {
             1 => 0.1,
             2..=7 => 0.35,
-            _ => 0.5,
+            8..=64 => 0.5,
+            _ => 0.45,
         },
     };
     density <= break_even

@@ -538,4 +538,9 @@ fn the_rule_prefers_sparse_only_where_it_was_measured_to_win() {
     assert!(!prefer_sparse(Format::Csr, 1536, 384, 0.9, 128));
     assert!(!prefer_sparse(Format::Bitmask, 384, 384, 1.0, 1));
     assert!(!prefer_sparse(Format::Csr, 0, 0, 0.0, 0));
+    // 2:4 and half-pruned layers win at 32 tokens, not in batches of hundreds.
+    let two_four = Format::Nm { n: 2, m: 4 };
+    assert!(prefer_sparse(two_four, 384, 384, 0.5, 32) && !prefer_sparse(two_four, 384, 384, 0.5, 256));
+    assert!(prefer_sparse(Format::Csr, 384, 1536, 0.5, 32) && !prefer_sparse(Format::Csr, 384, 1536, 0.5, 256));
+    assert!(prefer_sparse(Format::Csr, 384, 1536, 0.3, 256));
 }
