@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lathe_model::SentenceEncoder;
 use sha2::{Digest, Sha256};
@@ -88,20 +88,38 @@ fn slug(name: &str) -> String {
 struct Measured {
     embeddings: Vec<f32>,
     latency: Latency,
+    /// The baseline's latency, timed alternately with this model's.
+    baseline_latency: Option<Latency>,
     kernels: BTreeMap<String, usize>,
 }
 
-fn measure(dir: &Path, sentences: &[String], latency_sentences: usize) -> Result<Measured> {
-    let encoder = SentenceEncoder::open(dir)?;
+/// Embeds every sentence with `encoder` and times it on the first `latency_sentences`, one
+/// sentence a batch and in batches; with a `baseline`, that is timed too, run for run in turn
+/// with the model ([`eval::paired_median_times`]), for the row's speedups.
+fn measure(
+    encoder: &SentenceEncoder,
+    baseline: Option<&SentenceEncoder>,
+    sentences: &[String],
+    latency_sentences: usize,
+) -> Result<Measured> {
     let embeddings = encoder.embed_sentences(sentences, eval::BATCH)?.as_slice().to_vec();
     let subset = &sentences[..latency_sentences.min(sentences.len())];
-    let ms = |batch: usize| -> Result<f64> {
-        let (time, _) = eval::median_time(|| encoder.embed_sentences(subset, batch))?;
-        Ok(time.as_secs_f64() * 1e3)
+    let ms = |time: Duration| time.as_secs_f64() * 1e3;
+    let time = |batch: usize| -> Result<(f64, Option<f64>)> {
+        let run = || encoder.embed_sentences(subset, batch);
+        Ok(match baseline {
+            Some(baseline) => {
+                let ((time, _), (base_time, _)) =
+                    eval::paired_median_times(run, || baseline.embed_sentences(subset, batch))?;
+                (ms(time), Some(ms(base_time)))
+            }
+            None => (ms(eval::median_time(run)?.0), None),
+        })
     };
-    let latency = Latency { single: ms(1)?, batched: ms(eval::BATCH)? };
+    let ((single, base_single), (batched, base_batched)) = (time(1)?, time(eval::BATCH)?);
+    let baseline_latency = base_single.zip(base_batched).map(|(single, batched)| Latency { single, batched });
     let kernels = eval::kernel_counts(encoder.model()).into_iter().collect();
-    Ok(Measured { embeddings, latency, kernels })
+    Ok(Measured { embeddings, latency: Latency { single, batched }, baseline_latency, kernels })
 }
 
 fn row(name: &str, recipe: &str, size: u64, measured: &Measured, fidelity: Fidelity, seconds: f64) -> Row {
@@ -112,6 +130,7 @@ fn row(name: &str, recipe: &str, size: u64, measured: &Measured, fidelity: Fidel
         compression: 1.0,
         latency_ms: measured.latency,
         speedup: Speedup { single: 1.0, batched: 1.0 },
+        baseline_latency_ms: measured.baseline_latency,
         mean_cosine: fidelity.mean_cosine,
         min_cosine: fidelity.min_cosine,
         spearman: fidelity.spearman,
@@ -145,7 +164,8 @@ pub fn compare(model: &Path, report_dir: &Path, options: &CompareOptions) -> Res
 
     let total = recipes.len() + 1;
     eprintln!("[1/{total}] fp32 baseline: measuring {}", model.display());
-    let baseline = measure(model, &sentences, latency_sentences)?;
+    let baseline_encoder = SentenceEncoder::open(model)?;
+    let baseline = measure(&baseline_encoder, None, &sentences, latency_sentences)?;
     let dim = baseline.embeddings.len() / sentences.len();
     let same = eval::fidelity(&baseline.embeddings, &baseline.embeddings, dim)?;
     let mut rows = vec![row("fp32", "none (the original model)", eval::weights_size(model)?, &baseline, same, 0.0)];
@@ -177,7 +197,7 @@ pub fn compare(model: &Path, report_dir: &Path, options: &CompareOptions) -> Res
             seconds += start.elapsed().as_secs_f64();
             made.push((format!("{:?}", &recipe.steps[..=k]), input.clone(), seconds));
         }
-        let measured = measure(&out, &sentences, latency_sentences)?;
+        let measured = measure(&SentenceEncoder::open(&out)?, Some(&baseline_encoder), &sentences, latency_sentences)?;
         let fidelity = eval::fidelity(&baseline.embeddings, &measured.embeddings, dim)?;
         eprintln!(
             "    mean cosine {:.4}, {:.1} ms single / {:.1} ms batched, compressed in {seconds:.1} s",

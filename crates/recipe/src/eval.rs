@@ -107,7 +107,7 @@ pub struct Evaluation {
     pub n_sentences: usize,
 }
 
-/// Encodes `sentences` with both encoders, timing each ([`median_time`]), and measures the
+/// Encodes `sentences` with both encoders, timing them alternately ([`paired_median_times`]), and measures the
 /// model's [`fidelity`] to the reference. Both use batches of `batch_size` sentences (sorted by
 /// length, as [`SentenceEncoder::embed_sentences`] does) and run on the current rayon pool.
 ///
@@ -126,8 +126,10 @@ pub fn evaluate<S: AsRef<str>>(
     assert!(batch_size > 0, "batch_size must be at least 1");
     check_comparable(model, reference, sentences.len())?;
     let model_dim = model.model().hidden_size();
-    let (reference_time, reference_embeddings) = median_time(|| reference.embed_sentences(sentences, batch_size))?;
-    let (model_time, model_embeddings) = median_time(|| model.embed_sentences(sentences, batch_size))?;
+    let ((reference_time, reference_embeddings), (model_time, model_embeddings)) = paired_median_times(
+        || reference.embed_sentences(sentences, batch_size),
+        || model.embed_sentences(sentences, batch_size),
+    )?;
     let fidelity = fidelity(reference_embeddings.as_slice(), model_embeddings.as_slice(), model_dim)?;
     Ok(Evaluation {
         fidelity,
@@ -173,6 +175,34 @@ pub fn median_time<T, E>(mut run: impl FnMut() -> Result<T, E>) -> Result<(Durat
     }
     let output = output.expect("TIMED_RUNS is positive");
     Ok((median(&mut times), output))
+}
+
+/// [`median_time`] of two workloads run alternately, `a` then `b`, warm-up runs included, so
+/// that both meet the same machine: on a shared machine a slow spell lasting seconds then slows
+/// both, instead of the one timed during it, and their ratio holds. Returns each median with its
+/// last output. The first error stops the runs and is returned.
+pub fn paired_median_times<A, B, E>(
+    mut a: impl FnMut() -> Result<A, E>,
+    mut b: impl FnMut() -> Result<B, E>,
+) -> Result<((Duration, A), (Duration, B)), E> {
+    let (mut output_a, mut output_b) = (None, None);
+    for _ in 0..WARMUP_RUNS {
+        output_a = Some(a()?);
+        output_b = Some(b()?);
+    }
+    let (mut times_a, mut times_b) = (Vec::with_capacity(TIMED_RUNS), Vec::with_capacity(TIMED_RUNS));
+    for _ in 0..TIMED_RUNS {
+        let start = Instant::now();
+        let result = a()?;
+        times_a.push(start.elapsed());
+        output_a = Some(result);
+        let start = Instant::now();
+        let result = b()?;
+        times_b.push(start.elapsed());
+        output_b = Some(result);
+    }
+    let (output_a, output_b) = (output_a.expect("TIMED_RUNS is positive"), output_b.expect("TIMED_RUNS is positive"));
+    Ok(((median(&mut times_a), output_a), (median(&mut times_b), output_b)))
 }
 
 /// The median of `times` (the upper of the two middle values for an even count).
@@ -526,6 +556,27 @@ mod tests {
         let fidelity = fidelity(&[1.0, 0.0, 0.0, 1.0], &[1.0, 0.0, 0.0, 1.0], 2).unwrap();
         assert_eq!(fidelity.spearman, None);
         assert_eq!(fidelity.top1_agreement, 1.0);
+    }
+
+    #[test]
+    fn paired_times_alternate_the_two_workloads() {
+        let order = std::cell::RefCell::new(Vec::new());
+        let ((_, a), (_, b)) = paired_median_times(
+            || {
+                order.borrow_mut().push('a');
+                Ok::<_, ()>(order.borrow().len())
+            },
+            || {
+                order.borrow_mut().push('b');
+                Ok(order.borrow().len())
+            },
+        )
+        .unwrap();
+        let runs = WARMUP_RUNS + TIMED_RUNS;
+        assert_eq!(order.borrow().iter().collect::<String>(), "ab".repeat(runs));
+        assert_eq!((a, b), (2 * runs - 1, 2 * runs));
+        let failed = paired_median_times(|| Ok(()), || Err::<(), _>("b failed"));
+        assert_eq!(failed.unwrap_err(), "b failed");
     }
 
     #[test]

@@ -15,6 +15,7 @@ fn row(name: &str, recipe: &str, size_mb: f64, single: f64, batched: f64, fideli
         compression: 0.0,
         latency_ms: Latency { single, batched },
         speedup: Speedup { single: 0.0, batched: 0.0 },
+        baseline_latency_ms: None,
         mean_cosine,
         min_cosine,
         spearman: Some(mean_cosine.min(1.0) - 0.002),

@@ -76,10 +76,16 @@ pub fn render_markdown(report: &Report) -> Result<String> {
         "- Latency: time to encode {}, the median of {TIMED_RUNS} runs after {WARMUP_RUNS} \
          warm-up run, on one thread. `single` encodes one sentence per batch; `batched` sorts the sentences \
          by length and encodes them in batches, the same batching for every row. Speedup = baseline latency / \
-         row latency.",
+         row latency{}.",
         match report.latency_sentences {
             Some(n) if n < eval_set.n_sentences => format!("the first {n} of the {} sentences", eval_set.n_sentences),
             _ => format!("all {} sentences", eval_set.n_sentences),
+        },
+        if report.rows.iter().any(|row| row.baseline_latency_ms.is_some()) {
+            ", the baseline being timed again for each row, run for run in turn with it, so that a slow spell \
+             of a shared machine slows both"
+        } else {
+            ""
         }
     );
     out.push_str(

@@ -16,6 +16,7 @@
 //!     compression: 0.0,
 //!     latency_ms: Latency { single, batched: single * 0.6 },
 //!     speedup: Speedup { single: 0.0, batched: 0.0 },
+//!     baseline_latency_ms: None,
 //!     mean_cosine,
 //!     min_cosine: mean_cosine - 0.05,
 //!     spearman: None,
@@ -99,7 +100,8 @@ pub struct EvalSet {
 /// One compression method (or combination) measured against the baseline. Serialises to
 /// `{"name", "recipe", "size_bytes", "compression", "latency_ms": {"single", "batched"},
 /// "speedup": {"single", "batched"}, "mean_cosine", "min_cosine", "spearman", "top1_agreement",
-/// "compress_seconds", "kernels"}`.
+/// "compress_seconds", "kernels"}`, and `"baseline_latency_ms": {"single", "batched"}` when the
+/// baseline was timed alongside the row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     /// Method and scheme words: `fp32`, `int4-g128 gptq`, `wanda 50% + int8`.
@@ -114,6 +116,11 @@ pub struct Row {
     pub latency_ms: Latency,
     /// Baseline latency over this latency, per batching (2.0 = twice as fast).
     pub speedup: Speedup,
+    /// The baseline's latency timed alternately with this row's, run for run (what `speedup`
+    /// divides when present, so that a slow spell of a shared machine slows both); `None` for
+    /// the baseline itself and where the baseline was timed once for all rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_latency_ms: Option<Latency>,
     /// Mean over sentences of the cosine between this row's embedding and the baseline's.
     pub mean_cosine: f64,
     /// The lowest of those cosines.
@@ -166,12 +173,17 @@ impl Report {
             check_positive(row, "latency_ms.single", row.latency_ms.single)?;
             check_positive(row, "latency_ms.batched", row.latency_ms.batched)?;
         }
+        for row in &self.rows {
+            if let Some(paired) = row.baseline_latency_ms {
+                check_positive(row, "baseline_latency_ms.single", paired.single)?;
+                check_positive(row, "baseline_latency_ms.batched", paired.batched)?;
+            }
+        }
         for row in &mut self.rows {
             row.compression = base_bytes / row.size_bytes as f64;
-            row.speedup = Speedup {
-                single: base_latency.single / row.latency_ms.single,
-                batched: base_latency.batched / row.latency_ms.batched,
-            };
+            let base = row.baseline_latency_ms.unwrap_or(base_latency);
+            row.speedup =
+                Speedup { single: base.single / row.latency_ms.single, batched: base.batched / row.latency_ms.batched };
         }
         Ok(())
     }
@@ -292,6 +304,7 @@ pub(crate) mod testutil {
             compression: 0.0,
             latency_ms: Latency { single, batched },
             speedup: Speedup { single: 0.0, batched: 0.0 },
+            baseline_latency_ms: None,
             mean_cosine,
             min_cosine: mean_cosine - 0.05,
             spearman: Some(mean_cosine - 0.01),
@@ -350,6 +363,23 @@ mod tests {
         assert!((q4.speedup.batched - 400.0 / 320.0).abs() < 1e-12);
         assert_eq!(report.rows[0].compression, 1.0);
         assert_eq!(report.rows[0].speedup, Speedup { single: 1.0, batched: 1.0 });
+    }
+
+    #[test]
+    fn fill_ratios_divides_the_baseline_timed_alongside_a_row_when_there_is_one() {
+        let mut report = sample();
+        report.rows[2].baseline_latency_ms = Some(Latency { single: 14.0, batched: 480.0 });
+        report.fill_ratios().unwrap();
+        let q4 = &report.rows[2];
+        assert!((q4.speedup.single - 14.0 / 7.0).abs() < 1e-12);
+        assert!((q4.speedup.batched - 480.0 / 320.0).abs() < 1e-12);
+        // Other rows still divide the baseline row's own times.
+        assert!((report.rows[1].speedup.single - 10.0 / report.rows[1].latency_ms.single).abs() < 1e-12);
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(json.matches("baseline_latency_ms").count(), 1, "{json}");
+        assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);
+        report.rows[2].baseline_latency_ms = Some(Latency { single: 0.0, batched: 480.0 });
+        assert!(matches!(report.fill_ratios(), Err(Error::NotPositive { field: "baseline_latency_ms.single", .. })));
     }
 
     #[test]

@@ -663,9 +663,58 @@ fn quantize_group_q5_1(x: &[f32; GROUP_LEN], out: &mut [BlockQ5_1; GROUP]) {
 
 // ---------------------------------------------------------------------------------------------
 // Dequantizers.
+//
+// Each writes through [`put`]: plain stores, or, for an output of at least [`STREAM_MIN_BYTES`]
+// starting on a 16-byte boundary, non-temporal ones. An output that large leaves the caches
+// anyway; a plain store first reads each line it writes (DRAM then carries the output twice), a
+// streaming one does not, and the values are the same.
 
+/// Outputs from this size on are written with streaming stores (half the 32 MiB L3).
+const STREAM_MIN_BYTES: usize = 16 << 20;
+
+/// Whether [`put`] may stream into `dst`.
+fn streams(dst: &[f32]) -> bool {
+    size_of_val(dst) >= STREAM_MIN_BYTES && dst.as_ptr().addr().is_multiple_of(16)
+}
+
+/// Stores eight lanes at `y`: streaming (two 16-byte non-temporal stores) when `STREAM`.
+///
+/// # Safety
+/// With `STREAM`, `y` is 16-byte aligned.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dequantize_q8_0(src: &[BlockQ8_0], dst: &mut [f32]) {
+#[inline]
+unsafe fn put<const STREAM: bool>(y: &mut [f32; 8], v: __m256) {
+    if STREAM {
+        // SAFETY: `y` is eight writable f32s, 16-byte aligned (the caller's contract).
+        unsafe {
+            _mm_stream_ps(y.as_mut_ptr(), _mm256_castps256_ps128(v));
+            _mm_stream_ps(y.as_mut_ptr().add(4), _mm256_extractf128_ps::<1>(v));
+        }
+    } else {
+        store(y, v);
+    }
+}
+
+/// Runs `dequantize::<true>` when `dst` [`streams`], then fences the streaming stores, else
+/// `dequantize::<false>`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn dispatch_stores<B>(src: &[B], dst: &mut [f32], dequantize: [unsafe fn(&[B], &mut [f32]); 2]) {
+    if streams(dst) {
+        // SAFETY: `dst` starts on a 16-byte boundary and every store is at a multiple of 8
+        // floats from it; AVX2 is available (this function's features).
+        unsafe { dequantize[1](src, dst) };
+        _mm_sfence();
+    } else {
+        // SAFETY: plain stores; AVX2 is available.
+        unsafe { dequantize[0](src, dst) };
+    }
+}
+
+/// # Safety
+/// AVX2, FMA and F16C are available; with `STREAM`, `dst` starts on a 16-byte boundary.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequantize_q8_0_with<const STREAM: bool>(src: &[BlockQ8_0], dst: &mut [f32]) {
     assert_eq!(dst.len(), src.len() * QK, "destination length must be 32 times the block count");
     let (dst, _) = dst.as_chunks_mut::<QK>();
     for (block, y) in src.iter().zip(dst) {
@@ -675,7 +724,7 @@ fn dequantize_q8_0(src: &[BlockQ8_0], dst: &mut [f32]) {
         let (y, _) = y.as_chunks_mut::<8>();
         for (q, y) in q.iter().zip(y) {
             let q = _mm256_cvtepi8_epi32(load_8_bytes(q));
-            store(y, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
+            unsafe { put::<STREAM>(y, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d)) };
         }
     }
 }
@@ -688,8 +737,10 @@ fn nibbles(bytes: &[u8; 8]) -> (__m256i, __m256i) {
     (_mm256_and_si256(q, _mm256_set1_epi32(0x0f)), _mm256_srli_epi32::<4>(q))
 }
 
+/// # Safety
+/// AVX2, FMA and F16C are available; with `STREAM`, `dst` starts on a 16-byte boundary.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dequantize_q4_0(src: &[BlockQ4_0], dst: &mut [f32]) {
+unsafe fn dequantize_q4_0_with<const STREAM: bool>(src: &[BlockQ4_0], dst: &mut [f32]) {
     assert_eq!(dst.len(), src.len() * QK, "destination length must be 32 times the block count");
     let (dst, _) = dst.as_chunks_mut::<QK>();
     let eight = _mm256_set1_epi32(8);
@@ -699,14 +750,18 @@ fn dequantize_q4_0(src: &[BlockQ4_0], dst: &mut [f32]) {
         let (y, _) = y.as_chunks_mut::<8>();
         for half in 0..2 {
             let (low, high) = nibbles(&q[half]);
-            store(&mut y[half], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(low, eight)), d));
-            store(&mut y[half + 2], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(high, eight)), d));
+            unsafe { put::<STREAM>(&mut y[half], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(low, eight)), d)) };
+            unsafe {
+                put::<STREAM>(&mut y[half + 2], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(high, eight)), d))
+            };
         }
     }
 }
 
+/// # Safety
+/// AVX2, FMA and F16C are available; with `STREAM`, `dst` starts on a 16-byte boundary.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dequantize_q4_1(src: &[BlockQ4_1], dst: &mut [f32]) {
+unsafe fn dequantize_q4_1_with<const STREAM: bool>(src: &[BlockQ4_1], dst: &mut [f32]) {
     assert_eq!(dst.len(), src.len() * QK, "destination length must be 32 times the block count");
     let (dst, _) = dst.as_chunks_mut::<QK>();
     for (block, y) in src.iter().zip(dst) {
@@ -716,8 +771,8 @@ fn dequantize_q4_1(src: &[BlockQ4_1], dst: &mut [f32]) {
         for half in 0..2 {
             let (low, high) = nibbles(&q[half]);
             // `q * d + m`: two roundings, as the scalar code, never an FMA.
-            store(&mut y[half], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(low), d), m));
-            store(&mut y[half + 2], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(high), d), m));
+            unsafe { put::<STREAM>(&mut y[half], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(low), d), m)) };
+            unsafe { put::<STREAM>(&mut y[half + 2], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(high), d), m)) };
         }
     }
 }
@@ -744,8 +799,10 @@ fn q5_values(qh: [u8; 4], qs: &[u8; QK / 2]) -> [__m256i; 4] {
     ]
 }
 
+/// # Safety
+/// AVX2, FMA and F16C are available; with `STREAM`, `dst` starts on a 16-byte boundary.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dequantize_q5_0(src: &[BlockQ5_0], dst: &mut [f32]) {
+unsafe fn dequantize_q5_0_with<const STREAM: bool>(src: &[BlockQ5_0], dst: &mut [f32]) {
     assert_eq!(dst.len(), src.len() * QK, "destination length must be 32 times the block count");
     let (dst, _) = dst.as_chunks_mut::<QK>();
     let sixteen = _mm256_set1_epi32(16);
@@ -753,13 +810,15 @@ fn dequantize_q5_0(src: &[BlockQ5_0], dst: &mut [f32]) {
         let d = broadcast_f16(block.d);
         let (y, _) = y.as_chunks_mut::<8>();
         for (q, y) in q5_values(block.qh, &block.qs).into_iter().zip(y) {
-            store(y, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, sixteen)), d));
+            unsafe { put::<STREAM>(y, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, sixteen)), d)) };
         }
     }
 }
 
+/// # Safety
+/// AVX2, FMA and F16C are available; with `STREAM`, `dst` starts on a 16-byte boundary.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dequantize_q5_1(src: &[BlockQ5_1], dst: &mut [f32]) {
+unsafe fn dequantize_q5_1_with<const STREAM: bool>(src: &[BlockQ5_1], dst: &mut [f32]) {
     assert_eq!(dst.len(), src.len() * QK, "destination length must be 32 times the block count");
     let (dst, _) = dst.as_chunks_mut::<QK>();
     for (block, y) in src.iter().zip(dst) {
@@ -767,9 +826,34 @@ fn dequantize_q5_1(src: &[BlockQ5_1], dst: &mut [f32]) {
         let (y, _) = y.as_chunks_mut::<8>();
         for (q, y) in q5_values(block.qh, &block.qs).into_iter().zip(y) {
             // `q * d + m`: two roundings, as the scalar code, never an FMA.
-            store(y, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), d), m));
+            unsafe { put::<STREAM>(y, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), d), m)) };
         }
     }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequantize_q8_0(src: &[BlockQ8_0], dst: &mut [f32]) {
+    dispatch_stores(src, dst, [dequantize_q8_0_with::<false>, dequantize_q8_0_with::<true>]);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequantize_q4_0(src: &[BlockQ4_0], dst: &mut [f32]) {
+    dispatch_stores(src, dst, [dequantize_q4_0_with::<false>, dequantize_q4_0_with::<true>]);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequantize_q4_1(src: &[BlockQ4_1], dst: &mut [f32]) {
+    dispatch_stores(src, dst, [dequantize_q4_1_with::<false>, dequantize_q4_1_with::<true>]);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequantize_q5_0(src: &[BlockQ5_0], dst: &mut [f32]) {
+    dispatch_stores(src, dst, [dequantize_q5_0_with::<false>, dequantize_q5_0_with::<true>]);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequantize_q5_1(src: &[BlockQ5_1], dst: &mut [f32]) {
+    dispatch_stores(src, dst, [dequantize_q5_1_with::<false>, dequantize_q5_1_with::<true>]);
 }
 
 // ---------------------------------------------------------------------------------------------
