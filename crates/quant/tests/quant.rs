@@ -250,6 +250,40 @@ mod ggml_kernels_match_scalar {
         Ok(())
     }
 
+    /// Outputs of 16 MiB and more take the AVX2 dequantizers' streaming stores (when they start
+    /// on a 16-byte boundary, as a fresh allocation does; offset 1 takes the plain ones): the
+    /// same bits as scalar either way.
+    #[test]
+    fn large_outputs_dequantize_to_the_same_bits() {
+        let n_blocks = (16 << 20) / (QK * 4) + 5;
+        let src: Vec<f32> = (0..n_blocks * QK).map(|i| ((i * 7919 % 4001) as f32 - 2000.0) * 1e-3).collect();
+        let scalar = scalar();
+        let mut q8_0 = vec![BlockQ8_0::zeroed(); n_blocks];
+        (scalar.quantize_q8_0)(&src, &mut q8_0);
+        let mut q4_0 = vec![BlockQ4_0::zeroed(); n_blocks];
+        (scalar.quantize_q4_0)(&src, &mut q4_0);
+        let mut q4_1 = vec![BlockQ4_1::zeroed(); n_blocks];
+        (scalar.quantize_q4_1)(&src, &mut q4_1);
+        let mut q5_0 = vec![BlockQ5_0::zeroed(); n_blocks];
+        (scalar.quantize_q5_0)(&src, &mut q5_0);
+        let mut q5_1 = vec![BlockQ5_1::zeroed(); n_blocks];
+        (scalar.quantize_q5_1)(&src, &mut q5_1);
+        for simd in simd_tables() {
+            for offset in [0, 1] {
+                check_dequantize("dequantize_q8_0", &q8_0, simd.dequantize_q8_0, scalar.dequantize_q8_0, offset)
+                    .unwrap();
+                check_dequantize("dequantize_q4_0", &q4_0, simd.dequantize_q4_0, scalar.dequantize_q4_0, offset)
+                    .unwrap();
+                check_dequantize("dequantize_q4_1", &q4_1, simd.dequantize_q4_1, scalar.dequantize_q4_1, offset)
+                    .unwrap();
+                check_dequantize("dequantize_q5_0", &q5_0, simd.dequantize_q5_0, scalar.dequantize_q5_0, offset)
+                    .unwrap();
+                check_dequantize("dequantize_q5_1", &q5_1, simd.dequantize_q5_1, scalar.dequantize_q5_1, offset)
+                    .unwrap();
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 

@@ -695,11 +695,14 @@ unsafe fn put<const STREAM: bool>(y: &mut [f32; 8], v: __m256) {
     }
 }
 
+/// One dequantizer body, with plain or streaming stores.
+type Dequantizer<B> = unsafe fn(&[B], &mut [f32]);
+
 /// Runs `dequantize::<true>` when `dst` [`streams`], then fences the streaming stores, else
 /// `dequantize::<false>`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn dispatch_stores<B>(src: &[B], dst: &mut [f32], dequantize: [unsafe fn(&[B], &mut [f32]); 2]) {
+fn dispatch_stores<B>(src: &[B], dst: &mut [f32], dequantize: [Dequantizer<B>; 2]) {
     if streams(dst) {
         // SAFETY: `dst` starts on a 16-byte boundary and every store is at a multiple of 8
         // floats from it; AVX2 is available (this function's features).
@@ -724,6 +727,8 @@ unsafe fn dequantize_q8_0_with<const STREAM: bool>(src: &[BlockQ8_0], dst: &mut 
         let (y, _) = y.as_chunks_mut::<8>();
         for (q, y) in q.iter().zip(y) {
             let q = _mm256_cvtepi8_epi32(load_8_bytes(q));
+            // SAFETY: with `STREAM`, `dst` is 16-byte aligned (the contract) and `y` a
+            // multiple of 8 floats into it.
             unsafe { put::<STREAM>(y, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d)) };
         }
     }
@@ -750,10 +755,12 @@ unsafe fn dequantize_q4_0_with<const STREAM: bool>(src: &[BlockQ4_0], dst: &mut 
         let (y, _) = y.as_chunks_mut::<8>();
         for half in 0..2 {
             let (low, high) = nibbles(&q[half]);
-            unsafe { put::<STREAM>(&mut y[half], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(low, eight)), d)) };
+            // SAFETY: with `STREAM`, `dst` is 16-byte aligned (the contract) and `y` a
+            // multiple of 8 floats into it.
             unsafe {
-                put::<STREAM>(&mut y[half + 2], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(high, eight)), d))
-            };
+                put::<STREAM>(&mut y[half], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(low, eight)), d));
+                put::<STREAM>(&mut y[half + 2], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(high, eight)), d));
+            }
         }
     }
 }
@@ -771,7 +778,11 @@ unsafe fn dequantize_q4_1_with<const STREAM: bool>(src: &[BlockQ4_1], dst: &mut 
         for half in 0..2 {
             let (low, high) = nibbles(&q[half]);
             // `q * d + m`: two roundings, as the scalar code, never an FMA.
+            // SAFETY: with `STREAM`, `dst` is 16-byte aligned (the contract) and `y` a
+            // multiple of 8 floats into it.
             unsafe { put::<STREAM>(&mut y[half], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(low), d), m)) };
+            // SAFETY: with `STREAM`, `dst` is 16-byte aligned (the contract) and `y` a
+            // multiple of 8 floats into it.
             unsafe { put::<STREAM>(&mut y[half + 2], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(high), d), m)) };
         }
     }
@@ -810,6 +821,8 @@ unsafe fn dequantize_q5_0_with<const STREAM: bool>(src: &[BlockQ5_0], dst: &mut 
         let d = broadcast_f16(block.d);
         let (y, _) = y.as_chunks_mut::<8>();
         for (q, y) in q5_values(block.qh, &block.qs).into_iter().zip(y) {
+            // SAFETY: with `STREAM`, `dst` is 16-byte aligned (the contract) and `y` a
+            // multiple of 8 floats into it.
             unsafe { put::<STREAM>(y, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, sixteen)), d)) };
         }
     }
@@ -826,6 +839,8 @@ unsafe fn dequantize_q5_1_with<const STREAM: bool>(src: &[BlockQ5_1], dst: &mut 
         let (y, _) = y.as_chunks_mut::<8>();
         for (q, y) in q5_values(block.qh, &block.qs).into_iter().zip(y) {
             // `q * d + m`: two roundings, as the scalar code, never an FMA.
+            // SAFETY: with `STREAM`, `dst` is 16-byte aligned (the contract) and `y` a
+            // multiple of 8 floats into it.
             unsafe { put::<STREAM>(y, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), d), m)) };
         }
     }
