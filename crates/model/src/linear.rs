@@ -290,9 +290,26 @@ impl Linear {
         }
     }
 
-    /// [`kind`](Self::kind) as text: `dense f32`, `q8_0`, `int8-channel` ...
+    /// [`kind`](Self::kind) as text: `dense f32`, `q8_0`, `int8-channel` ..., and for a sparse
+    /// linear whose larger batches run on the dense GEMM, from how many tokens on: `sparse 2:4
+    /// (dense from 65 tokens)`.
     pub fn description(&self) -> String {
-        self.kind().to_string()
+        match self.dense_from() {
+            Some(tokens) => format!("{} (dense from {tokens} tokens)", self.kind()),
+            None => self.kind().to_string(),
+        }
+    }
+
+    /// For a sparse linear, the fewest tokens above the 32 it was chosen for from which calls
+    /// run on the dense copy ([`prefer_sparse`] asked per call); `None` for the other kinds and
+    /// for sparse ones that stay sparse up to 4096 tokens.
+    pub fn dense_from(&self) -> Option<usize> {
+        let (format, density) = match &self.kernel {
+            Kernel::Csr(matrix, _) => (Format::Csr, matrix.density()),
+            Kernel::Nm(matrix, _) => (Format::Nm { n: matrix.n(), m: matrix.m() }, matrix.density()),
+            _ => return None,
+        };
+        (33..=4096).find(|&tokens| !prefer_sparse(format, self.out_features, self.in_features, density, tokens))
     }
 
     /// The f32 weights when stored dense, row-major `[out_features, in_features]`.
@@ -455,6 +472,8 @@ mod tests {
                 assert_eq!(copy.get().is_some(), tokens == 300, "{} at {tokens} tokens", linear.kind());
             }
             assert_eq!(copy.get().unwrap(), &weights);
+            assert_eq!(linear.dense_from(), Some(65));
+            assert!(linear.description().ends_with(" (dense from 65 tokens)"), "{}", linear.description());
             assert_eq!(linear.kind(), if std::ptr::eq(linear, &csr) { LinearKind::SparseCsr } else { n_m.kind() });
         }
     }
