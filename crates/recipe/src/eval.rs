@@ -177,6 +177,9 @@ pub fn median_time<T, E>(mut run: impl FnMut() -> Result<T, E>) -> Result<(Durat
     Ok((median(&mut times), output))
 }
 
+/// A median time with the last output of the runs it was taken over.
+pub type Timed<T> = (Duration, T);
+
 /// [`median_time`] of two workloads run alternately, `a` then `b`, warm-up runs included, so
 /// that both meet the same machine: on a shared machine a slow spell lasting seconds then slows
 /// both, instead of the one timed during it, and their ratio holds. Returns each median with its
@@ -184,7 +187,7 @@ pub fn median_time<T, E>(mut run: impl FnMut() -> Result<T, E>) -> Result<(Durat
 pub fn paired_median_times<A, B, E>(
     mut a: impl FnMut() -> Result<A, E>,
     mut b: impl FnMut() -> Result<B, E>,
-) -> Result<((Duration, A), (Duration, B)), E> {
+) -> Result<(Timed<A>, Timed<B>), E> {
     let (mut output_a, mut output_b) = (None, None);
     for _ in 0..WARMUP_RUNS {
         output_a = Some(a()?);
