@@ -47,7 +47,7 @@ pub fn run(args: &Args) -> anyhow::Result<String> {
         sentences.len()
     );
     eprintln!(
-        "each model encodes them {} times ({WARMUP_RUNS} warm-up, median of {TIMED_RUNS}) on {}, batches of {}",
+        "each model encodes them {} times, the two taking turns ({WARMUP_RUNS} warm-up, median of {TIMED_RUNS}) on {}, batches of at most {}",
         WARMUP_RUNS + TIMED_RUNS,
         args.run.threads_text(),
         args.run.batch_size
