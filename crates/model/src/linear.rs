@@ -304,12 +304,24 @@ impl Linear {
     /// run on the dense copy ([`prefer_sparse`] asked per call); `None` for the other kinds and
     /// for sparse ones that stay sparse up to 4096 tokens.
     pub fn dense_from(&self) -> Option<usize> {
-        let (format, density) = match &self.kernel {
-            Kernel::Csr(matrix, _) => (Format::Csr, matrix.density()),
-            Kernel::Nm(matrix, _) => (Format::Nm { n: matrix.n(), m: matrix.m() }, matrix.density()),
-            _ => return None,
-        };
-        (33..=4096).find(|&tokens| !prefer_sparse(format, self.out_features, self.in_features, density, tokens))
+        self.sparse_format()?;
+        (33..=4096).find(|&tokens| !self.runs_sparse(tokens))
+    }
+
+    /// The sparse format and density the rule weighs, for a sparse linear.
+    fn sparse_format(&self) -> Option<(Format, f64)> {
+        match &self.kernel {
+            Kernel::Csr(matrix, _) => Some((Format::Csr, matrix.density())),
+            Kernel::Nm(matrix, _) => Some((Format::Nm { n: matrix.n(), m: matrix.m() }, matrix.density())),
+            _ => None,
+        }
+    }
+
+    /// Whether a call of `n_tokens` runs on this sparse linear's own kernel ([`prefer_sparse`]).
+    fn runs_sparse(&self, n_tokens: usize) -> bool {
+        self.sparse_format().is_some_and(|(format, density)| {
+            prefer_sparse(format, self.out_features, self.in_features, density, n_tokens)
+        })
     }
 
     /// The f32 weights when stored dense, row-major `[out_features, in_features]`.
@@ -367,7 +379,7 @@ impl Linear {
             }
             Kernel::Csr(matrix, dense) => {
                 let x = self.smoothed_input(x, n_tokens);
-                if !prefer_sparse(Format::Csr, self.out_features, self.in_features, matrix.density(), n_tokens) {
+                if !self.runs_sparse(n_tokens) {
                     return self.dense_copy_forward(dense, || matrix.to_dense(), &x, n_tokens, y);
                 }
                 match &self.bias {
@@ -377,8 +389,7 @@ impl Linear {
             }
             Kernel::Nm(matrix, dense) => {
                 let x = self.smoothed_input(x, n_tokens);
-                let format = Format::Nm { n: matrix.n(), m: matrix.m() };
-                if !prefer_sparse(format, self.out_features, self.in_features, matrix.density(), n_tokens) {
+                if !self.runs_sparse(n_tokens) {
                     return self.dense_copy_forward(dense, || matrix.to_dense(), &x, n_tokens, y);
                 }
                 match &self.bias {

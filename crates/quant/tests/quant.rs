@@ -498,17 +498,25 @@ mod activations_match_scalar {
         for (name, quantize) in candidates() {
             let mut actual = vec![99i8; dst_offset + x.len() + 3];
             let scale = quantize(x, &mut actual[dst_offset..dst_offset + x.len()]);
-            prop_assert_eq!(
-                scale.to_bits(),
-                expected_scale.to_bits(),
-                "{}: scale {} vs {}",
-                name,
-                scale,
-                expected_scale
-            );
-            prop_assert_eq!(&actual[dst_offset..dst_offset + x.len()], &expected[..], "{}: values of {:?}", name, x);
-            prop_assert!(actual[..dst_offset].iter().chain(&actual[dst_offset + x.len()..]).all(|&q| q == 99));
+            check_output(name, x, (scale, expected_scale), &actual, dst_offset, &expected, 99)?;
         }
+        Ok(())
+    }
+
+    /// One kernel's output against the expected: the same scale bits, the same values at
+    /// `dst_offset`, and `sentinel` left untouched around them.
+    fn check_output<T: Copy + PartialEq + std::fmt::Debug>(
+        name: &str,
+        x: &[f32],
+        (scale, expected_scale): (f32, f32),
+        actual: &[T],
+        dst_offset: usize,
+        expected: &[T],
+        sentinel: T,
+    ) -> Result<(), TestCaseError> {
+        prop_assert_eq!(scale.to_bits(), expected_scale.to_bits(), "{}: scale {} vs {}", name, scale, expected_scale);
+        prop_assert_eq!(&actual[dst_offset..dst_offset + x.len()], expected, "{}: values of {:?}", name, x);
+        prop_assert!(actual[..dst_offset].iter().chain(&actual[dst_offset + x.len()..]).all(|&q| q == sentinel));
         Ok(())
     }
 
@@ -532,22 +540,7 @@ mod activations_match_scalar {
             for (name, quantize) in kernels {
                 let mut actual = vec![99i16; dst_offset + x.len() + 3];
                 let scale = quantize(x, input_scale, &mut actual[dst_offset..dst_offset + x.len()]);
-                prop_assert_eq!(
-                    scale.to_bits(),
-                    expected_scale.to_bits(),
-                    "{}: scale {} vs {}",
-                    name,
-                    scale,
-                    expected_scale
-                );
-                prop_assert_eq!(
-                    &actual[dst_offset..dst_offset + x.len()],
-                    &expected[..],
-                    "{}: values of {:?}",
-                    name,
-                    x
-                );
-                prop_assert!(actual[..dst_offset].iter().chain(&actual[dst_offset + x.len()..]).all(|&q| q == 99));
+                check_output(name, x, (scale, expected_scale), &actual, dst_offset, &expected, 99)?;
             }
         }
         Ok(())

@@ -167,14 +167,24 @@ pub fn median_time<T, E>(mut run: impl FnMut() -> Result<T, E>) -> Result<(Durat
     }
     let mut times = Vec::with_capacity(TIMED_RUNS);
     for _ in 0..TIMED_RUNS {
-        let start = Instant::now();
-        let result = run()?;
-        times.push(start.elapsed());
-        // The previous output is dropped after the clock stopped.
-        output = Some(result);
+        timed_run(&mut run, &mut times, &mut output)?;
     }
     let output = output.expect("TIMED_RUNS is positive");
     Ok((median(&mut times), output))
+}
+
+/// Runs `run` once, adds its time to `times` and keeps its output in `output`; the previous
+/// output is dropped after the clock stopped.
+fn timed_run<T, E>(
+    run: &mut impl FnMut() -> Result<T, E>,
+    times: &mut Vec<Duration>,
+    output: &mut Option<T>,
+) -> Result<(), E> {
+    let start = Instant::now();
+    let result = run()?;
+    times.push(start.elapsed());
+    *output = Some(result);
+    Ok(())
 }
 
 /// A median time with the last output of the runs it was taken over.
@@ -195,14 +205,8 @@ pub fn paired_median_times<A, B, E>(
     }
     let (mut times_a, mut times_b) = (Vec::with_capacity(TIMED_RUNS), Vec::with_capacity(TIMED_RUNS));
     for _ in 0..TIMED_RUNS {
-        let start = Instant::now();
-        let result = a()?;
-        times_a.push(start.elapsed());
-        output_a = Some(result);
-        let start = Instant::now();
-        let result = b()?;
-        times_b.push(start.elapsed());
-        output_b = Some(result);
+        timed_run(&mut a, &mut times_a, &mut output_a)?;
+        timed_run(&mut b, &mut times_b, &mut output_b)?;
     }
     let (output_a, output_b) = (output_a.expect("TIMED_RUNS is positive"), output_b.expect("TIMED_RUNS is positive"));
     Ok(((median(&mut times_a), output_a), (median(&mut times_b), output_b)))
