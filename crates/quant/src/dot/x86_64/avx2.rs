@@ -212,6 +212,7 @@ fn dot_f32_f32(x: &[f32], y: &[f32]) -> f32 {
 fn dot_q8_0x4_q8_0(x: &[BlockQ8_0x4], y: &[BlockQ8_0]) -> [f32; 4] {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
+        prefetch_ahead(bx);
         let activations = load_i8x32(&by.qs);
         let rows = if has_minus_128(activations) {
             // Rare (ggml's and lathe's quantizers never write -128): the exact widening path.
@@ -241,6 +242,7 @@ fn dot_q4_0x4_q8_0(x: &[BlockQ4_0x4], y: &[BlockQ8_0]) -> [f32; 4] {
     let spread = _mm256_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3);
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
+        prefetch_ahead(bx);
         // Elements 0..16 of the activations in both halves, and elements 16..32.
         let (y_low, y_high) = (broadcast_i8x16(&by.qs, 0), broadcast_i8x16(&by.qs, 16));
         // The `8 * y` of `(q - 8) * y = q * y - 8 * y`, paired as the products below are.
@@ -264,6 +266,24 @@ fn dot_q4_0x4_q8_0(x: &[BlockQ4_0x4], y: &[BlockQ8_0]) -> [f32; 4] {
     let folded = _mm256_hadd_ps(acc, acc);
     let (even, odd) = (_mm256_castps256_ps128(folded), _mm256_extractf128_ps::<1>(folded));
     store4(_mm_unpacklo_ps(even, odd))
+}
+
+/// How far ahead of the block being read the four-row kernels prefetch: the quads of a matrix are
+/// one stream of bytes, and the hardware prefetchers stop at every 4 KiB page, which leaves a cold
+/// GEMV waiting on DRAM at each page start. 2 KiB ahead measured best of 0.5 to 4 KiB (4096 x 4096,
+/// weights from DRAM: Q4_0 0.96 -> 0.76 ms, Q8_0 1.53 -> 1.30 ms).
+const PREFETCH_BYTES: usize = 2048;
+
+/// Prefetches the cache lines `PREFETCH_BYTES` past the start of `block` (one per 64 bytes of the
+/// block). Past the end of a quad this is the next quad, or memory no one reads: a prefetch is a
+/// hint that never faults and changes nothing visible.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn prefetch_ahead<B>(block: &B) {
+    let ahead = (block as *const B).cast::<i8>().wrapping_add(PREFETCH_BYTES);
+    for line in (0..size_of::<B>()).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+    }
 }
 
 /// Whether any byte of `bytes` is -128.
