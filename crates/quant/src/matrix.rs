@@ -29,6 +29,12 @@ const ROWS_PER_TASK: usize = 16;
 /// several threads.
 const INT_TOKENS_PER_TASK: usize = 24;
 
+/// From this many weights, an integer GEMV on several threads splits its rows over them.
+const PARALLEL_GEMV_WEIGHTS: usize = 1 << 20;
+
+/// Panels of sixteen rows per task of a parallel integer GEMV.
+const GEMV_PANELS_PER_TASK: usize = 4;
+
 /// From this many tokens on, products with f32 activations (f16 and bf16 weights, and
 /// [`QuantizedMatrix::gemm_weight_only`]) run on the dense GEMM over dequantized row tiles.
 #[cfg(feature = "dense")]
@@ -514,7 +520,7 @@ impl QuantizedMatrix {
     /// Activations are quantized per token to the partner format of the weights: Q8_0 for Q8_0,
     /// Q4_0 and Q5_0 weights, Q8_1 for Q4_1 and Q5_1, symmetric int8 (one scale per token) for
     /// the integer schemes; f16 and bf16 weights keep f32 activations. Rows (or, for integer
-    /// weights and several tokens, tokens) are split over rayon's threads; every output is one
+    /// weights, tokens; for one token, rows again) are split over rayon's threads; every output is one
     /// deterministic dot product, so results do not depend on the thread count (and with
     /// quantized activations, each token's outputs equal [`gemv`](Self::gemv) of that token).
     ///
@@ -528,8 +534,8 @@ impl QuantizedMatrix {
     /// `j` multiplied by `input_scale[j]` (SmoothQuant's `1 / s` for weights stored smoothed),
     /// then the bias added to every token's outputs. The result is exactly that of scaling `x`
     /// (`x * input_scale`, one f32 product per value), calling `gemm` and adding the bias (one f32
-    /// sum per output); with integer weights and several tokens both steps are fused into the
-    /// GEMM's passes, so neither the scaled input nor a second pass over `y` is needed.
+    /// sum per output); with integer weights both steps are fused into the GEMM's passes, so
+    /// neither the scaled input nor a second pass over `y` is needed.
     ///
     /// # Panics
     /// If `x.len() != n_tokens * cols`, `y.len() != n_tokens * rows`, `input_scale` does not hold
@@ -542,9 +548,12 @@ impl QuantizedMatrix {
         if let Some(bias) = bias {
             assert_eq!(bias.len(), self.rows, "bias must hold one value per row");
         }
-        if let Weights::Int(weights) = &self.weights
-            && n_tokens > 1
-        {
+        // Integer weights always take the panels, one token included: one stream of weights
+        // and no per-row setup (measured against the per-row kernels of `quad_outputs`, one
+        // thread: 384 x 384 from cache 19.7 -> 5.1 us, 4096 x 4096 from DRAM 9.2-11.4 -> 12.2-12.6
+        // GB/s), with the same results (the per-row path stays as the tests' reference,
+        // `gemm_rows`).
+        if let Weights::Int(weights) = &self.weights {
             let kernel = dot::kernels(crate::isa::active())
                 .map_or(dot::scalar::gemm_i8_i16_f32 as dot::I8PanelKernel, |k| k.i8_i16_f32_panel);
             self.run_int_panels(weights, x, n_tokens, Fused { input_scale, bias }, y, kernel);
@@ -679,7 +688,7 @@ impl QuantizedMatrix {
         }
     }
 
-    /// Integer weights and two or more tokens: panels of sixteen rows packed once
+    /// Integer weights, any number of tokens: panels of sixteen rows packed once
     /// ([`IntPanels`]) times the tokens widened to i16 ([`dot::gemm_i8_i16_f32`]), written
     /// straight into `y`'s `[n_tokens, rows]` layout. Rayon splits the tokens; each task quantizes
     /// its own tokens (scaling them by the fused input scale first), so they are still in cache
@@ -727,7 +736,33 @@ impl QuantizedMatrix {
             };
             kernel(&packed.panels, shape, wide, scales, dot::PanelOutput { values: y_task, stride: rows });
         };
-        if n_tokens <= INT_TOKENS_PER_TASK || rayon::current_num_threads() == 1 {
+        let threads = rayon::current_num_threads();
+        if n_tokens == 1 && threads > 1 && rows * cols >= PARALLEL_GEMV_WEIGHTS {
+            // One token and several threads: split the panels (rows) instead, the token
+            // quantized once for all of them.
+            let mut buffers = IntTaskBuffers::default();
+            buffers.quantize(x, fused.input_scale, cols, group_len, packed);
+            let n_groups = packed.padded_cols / packed.padded_group_len;
+            let panel_len = packed.padded_cols / 2 * dot::PANEL_PAIR_BYTES;
+            let (wide, token_scales, group_sums) = (&buffers.wide, &buffers.scales, &buffers.group_sums);
+            y.par_chunks_mut(GEMV_PANELS_PER_TASK * PANEL_ROWS).enumerate().for_each(|(task, y_task)| {
+                let (first_panel, task_rows) = (task * GEMV_PANELS_PER_TASK, y_task.len());
+                let panels = task_rows.div_ceil(PANEL_ROWS);
+                let groups = first_panel * n_groups..(first_panel + panels) * n_groups;
+                let scales = dot::PanelScales {
+                    weight_scales: &packed.scales[groups.clone()],
+                    zero_points: packed
+                        .zero_points
+                        .as_deref()
+                        .map(|zero_points| (&zero_points[groups], &group_sums[..])),
+                    token_scales,
+                    bias: fused.bias.map(|bias| &bias[first_panel * PANEL_ROWS..][..task_rows]),
+                };
+                let shape = dot::PanelShape { rows: task_rows, ..shape };
+                let weights = &packed.panels[first_panel * panel_len..][..panels * panel_len];
+                kernel(weights, shape, wide, scales, dot::PanelOutput { values: y_task, stride: task_rows });
+            });
+        } else if n_tokens <= INT_TOKENS_PER_TASK || threads == 1 {
             // One task, or one thread to run them: handing them to the pool would only add the
             // wake-up of a worker and the wait for it (measured 15% of 32 tokens by 384 x 384 on one thread).
             let mut buffers = IntTaskBuffers::default();
@@ -804,20 +839,9 @@ impl QuantizedMatrix {
                 }
                 if t < n_tokens {
                     let mut sums = [0.0f32; 4];
-                    let next = w.values().get((row + 4) * cols..(row + 8) * cols).unwrap_or(&[]);
                     for g in 0..groups_per_row {
                         let span = g * group..(g + 1) * group;
-                        let mut integers = [0i32; 4];
-                        let mut start = span.start;
-                        while start < span.end {
-                            let end = (start + PREFETCH_COLS).min(span.end);
-                            prefetch_quad(next, start * 4..end * 4);
-                            let part = dot::dot_i8_i8_x4(weight_rows.map(|w| &w[start..end]), token(t, start..end));
-                            for (sum, part) in integers.iter_mut().zip(part) {
-                                *sum = sum.wrapping_add(part);
-                            }
-                            start = end;
-                        }
+                        let integers = dot::dot_i8_i8_x4(weight_rows.map(|w| &w[span.clone()]), token(t, span));
                         scaled(t, g, integers, &mut sums);
                     }
                     store(t, sums.map(|sum| sum * scales[t]));
@@ -899,31 +923,20 @@ impl QuantizedMatrix {
     }
 }
 
-/// Columns of the four rows an int8 GEMV reads between prefetches of the next four rows (see
-/// [`prefetch_quad`]).
-const PREFETCH_COLS: usize = 512;
-
-/// Prefetches bytes `range` of the next four int8 rows (`next`, empty at the last quad), in step
-/// with reading the same share of the current four: rows of 4096 bytes are a page each, where the
-/// hardware prefetchers start over, so a cold GEMV (weights from DRAM) otherwise waits at every
-/// row start. 4096 x 4096 from DRAM, one thread: 1.63-1.81 -> 1.41-1.46 ms.
-fn prefetch_quad(next: &[i8], range: std::ops::Range<usize>) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(bytes) = next.get(range.start.min(next.len())..range.end.min(next.len())) {
-        for line in bytes.chunks(64) {
-            // SAFETY: SSE is part of every x86_64 target, and a prefetch only hints: it reads
-            // nothing architecturally and never faults.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr()) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (next, range);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ggml::scalar;
+
+    impl QuantizedMatrix {
+        /// [`gemm`](QuantizedMatrix::gemm) through the per-row kernels (`quad_outputs`,
+        /// `row_outputs`), which integer weights no longer take: the independent reference the
+        /// panels must equal bit for bit.
+        fn gemm_rows(&self, x: &[f32], n_tokens: usize, y: &mut [f32]) {
+            let activations = self.quantize_activations(x, n_tokens);
+            self.run(x, n_tokens, y, &activations);
+        }
+    }
 
     const SCHEMES: &[&str] = &[
         "f16",
@@ -1098,9 +1111,8 @@ mod tests {
     #[test]
     fn int_gemm_is_gemv_per_token_for_any_split() {
         // 53 tokens span three tasks of the int8 GEMM (two of 24 tokens, and one of 5: tiles of
-        // 4 + 1), 37 rows three panels (the last one padded); 1120 columns are two whole and one
-        // partial span of the GEMV's prefetch steps (`PREFETCH_COLS`).
-        let (rows, cols, n_tokens) = (37, 2 * PREFETCH_COLS + 96, 2 * INT_TOKENS_PER_TASK + 5);
+        // 4 + 1), 37 rows three panels (the last one padded).
+        let (rows, cols, n_tokens) = (37, 96, 2 * INT_TOKENS_PER_TASK + 5);
         let weights = values(rows * cols, 11);
         let mut x = values(n_tokens * cols, 12);
         // A token of zeros (zero scale) and one with a single outlier.
@@ -1118,14 +1130,47 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&y), bits(&run(4)), "{name}: thread count");
             for (t, (token, expected)) in x.chunks_exact(cols).zip(y.chunks_exact(rows)).enumerate() {
-                let mut single = vec![f32::NAN; rows];
+                let (mut single, mut reference) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
                 matrix.gemv(token, &mut single);
+                matrix.gemm_rows(token, 1, &mut reference);
                 assert_eq!(bits(&single), bits(expected), "{name}: token {t}");
+                assert_eq!(bits(&reference), bits(expected), "{name}: token {t}, per-row kernels");
             }
+
             // Two tokens (one task, one tile) agree with the first two of the long run.
             let mut two = vec![f32::NAN; 2 * rows];
             matrix.gemm(&x[..2 * cols], 2, &mut two);
             assert_eq!(bits(&two), bits(&y[..2 * rows]), "{name}: two tokens");
+        }
+    }
+
+    #[test]
+    fn parallel_int_gemv_splits_rows_without_changing_a_bit() {
+        // Enough weights for the split (`PARALLEL_GEMV_WEIGHTS`), rows that leave a last task of
+        // one partial panel, groups, zero points, a fused input scale and a bias.
+        let (rows, cols) = (4 * GEMV_PANELS_PER_TASK * PANEL_ROWS + 21, 3840);
+        assert!(rows * cols >= PARALLEL_GEMV_WEIGHTS);
+        let weights = values(rows * cols, 21);
+        let x = values(cols, 22);
+        let input_scale: Vec<f32> = (0..cols).map(|j| 0.5 + (j % 3) as f32 * 0.25).collect();
+        let bias = values(rows, 23);
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for name in ["int8-channel", "int8-g32", "int4-g128-asym"] {
+            let matrix = QuantizedMatrix::quantize(&weights, rows, cols, name.parse().unwrap()).unwrap();
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut y = vec![f32::NAN; rows];
+                pool.install(|| matrix.linear(&x, 1, Some(&input_scale), Some(&bias), &mut y));
+                y
+            };
+            let one = run(1);
+            assert_eq!(bits(&run(3)), bits(&one), "{name}: three threads");
+            let mut reference = vec![f32::NAN; rows];
+            matrix.gemm_rows(&scale_channels(&x, &input_scale), 1, &mut reference);
+            for (value, b) in reference.iter_mut().zip(&bias) {
+                *value += b;
+            }
+            assert_eq!(bits(&one), bits(&reference), "{name}: per-row kernels");
         }
     }
 
@@ -1164,8 +1209,8 @@ mod tests {
                     let mut smoothed = vec![f32::NAN; n_tokens * rows];
                     for t in 0..n_tokens {
                         let span = t * cols..(t + 1) * cols;
-                        matrix.gemv(&x[span.clone()], &mut plain[t * rows..(t + 1) * rows]);
-                        matrix.gemv(&scaled[span], &mut smoothed[t * rows..(t + 1) * rows]);
+                        matrix.gemm_rows(&x[span.clone()], 1, &mut plain[t * rows..(t + 1) * rows]);
+                        matrix.gemm_rows(&scaled[span], 1, &mut smoothed[t * rows..(t + 1) * rows]);
                     }
                     for (value, b) in smoothed.iter_mut().zip(bias.iter().cycle()) {
                         *value += b;
