@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use lathe_quant::dense::PackedWeights;
 use lathe_quant::{QuantizedMatrix, Scheme};
 use lathe_sparse::{CsrMatrix, Format, NmMatrix, prefer_sparse};
 
@@ -43,8 +44,9 @@ pub struct Linear {
 
 #[derive(Debug, Clone)]
 enum Kernel {
-    /// Row-major `[out_features, in_features]`, run by `lathe_quant::dense::linear`.
-    Dense(Vec<f32>),
+    /// Row-major `[out_features, in_features]`, run by lathe-quant's dense product on a packed
+    /// copy kept with them.
+    Dense(PackedWeights),
     /// Run by `QuantizedMatrix::gemm` (activations quantized on the fly), then the bias added.
     Quantized(QuantizedMatrix),
     /// Run by `QuantizedMatrix::gemm_weight_only` (activations stay f32), then the bias added.
@@ -58,7 +60,7 @@ enum Kernel {
 
 /// The dense f32 weights of a sparse linear, made from the sparse matrix at the first call that
 /// [`prefer_sparse`] gives to the dense GEMM (batches of many tokens), and kept for the next.
-type DenseCopy = std::sync::OnceLock<Vec<f32>>;
+type DenseCopy = std::sync::OnceLock<PackedWeights>;
 
 /// Which kernel runs a [`Linear`]. Displays as `dense f32`, or as the quantization scheme
 /// (`q8_0`, `int8-channel` ...).
@@ -115,7 +117,13 @@ impl Linear {
             return Err(Error::LinearSize { what: "weights", expected, found: weights.len() });
         }
         check_bias(bias.as_ref(), out_features)?;
-        Ok(Linear { out_features, in_features, bias, input_scale: None, kernel: Kernel::Dense(weights) })
+        Ok(Linear {
+            out_features,
+            in_features,
+            bias,
+            input_scale: None,
+            kernel: Kernel::Dense(PackedWeights::new(weights, out_features, in_features)),
+        })
     }
 
     /// A quantized linear from a [`QuantizedMatrix`] (its rows are the outputs) and an optional
@@ -232,6 +240,7 @@ impl Linear {
     ) -> Result<Linear> {
         let dense = Linear::dense(weights, out_features, in_features, bias)?;
         let Kernel::Dense(weights) = &dense.kernel else { unreachable!("built dense") };
+        let weights = weights.weights();
         let zeros = weights.iter().filter(|&&w| w == 0.0).count();
         if zeros == 0 {
             return Ok(dense);
@@ -327,7 +336,7 @@ impl Linear {
     /// The f32 weights when stored dense, row-major `[out_features, in_features]`.
     pub fn dense_weights(&self) -> Option<&[f32]> {
         match &self.kernel {
-            Kernel::Dense(weights) => Some(weights),
+            Kernel::Dense(weights) => Some(weights.weights()),
             _ => None,
         }
     }
@@ -336,7 +345,7 @@ impl Linear {
     /// `[out_features, in_features]`.
     pub fn weights_f32(&self) -> Vec<f32> {
         match &self.kernel {
-            Kernel::Dense(weights) => weights.clone(),
+            Kernel::Dense(weights) => weights.weights().to_vec(),
             Kernel::Quantized(matrix) | Kernel::WeightOnly(matrix) => {
                 let mut weights = vec![0.0; self.out_features * self.in_features];
                 matrix.dequantize(&mut weights);
@@ -364,15 +373,9 @@ impl Linear {
             Kernel::Quantized(matrix) => {
                 matrix.linear(x, n_tokens, self.input_scale.as_deref(), self.bias.as_deref(), y)
             }
-            Kernel::Dense(weights) => lathe_quant::dense::linear(
-                &self.smoothed_input(x, n_tokens),
-                n_tokens,
-                weights,
-                self.out_features,
-                self.in_features,
-                self.bias.as_deref(),
-                y,
-            ),
+            Kernel::Dense(weights) => {
+                weights.linear(&self.smoothed_input(x, n_tokens), n_tokens, self.bias.as_deref(), y)
+            }
             Kernel::WeightOnly(matrix) => {
                 matrix.gemm_weight_only(&self.smoothed_input(x, n_tokens), n_tokens, y);
                 self.add_bias(y);
@@ -410,8 +413,8 @@ impl Linear {
         n_tokens: usize,
         y: &mut [f32],
     ) {
-        let weights = dense.get_or_init(to_dense);
-        lathe_quant::dense::linear(x, n_tokens, weights, self.out_features, self.in_features, self.bias.as_deref(), y);
+        let weights = dense.get_or_init(|| PackedWeights::new(to_dense(), self.out_features, self.in_features));
+        weights.linear(x, n_tokens, self.bias.as_deref(), y);
     }
 
     /// `x` with channel `j` multiplied by SmoothQuant's `1 / s[j]` when the linear is smoothed.
@@ -482,7 +485,7 @@ mod tests {
                 // sparse kernel, and holds exactly the sparse weights.
                 assert_eq!(copy.get().is_some(), tokens == 300, "{} at {tokens} tokens", linear.kind());
             }
-            assert_eq!(copy.get().unwrap(), &weights);
+            assert_eq!(copy.get().unwrap().weights(), weights.as_slice());
             assert_eq!(linear.dense_from(), Some(65));
             assert!(linear.description().ends_with(" (dense from 65 tokens)"), "{}", linear.description());
             assert_eq!(linear.kind(), if std::ptr::eq(linear, &csr) { LinearKind::SparseCsr } else { n_m.kind() });

@@ -48,16 +48,10 @@ pub fn linear(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    let x_len = n_tokens.checked_mul(cols).expect("n_tokens * cols overflows");
     let w_len = rows.checked_mul(cols).expect("rows * cols overflows");
-    let y_len = n_tokens.checked_mul(rows).expect("n_tokens * rows overflows");
-    assert_eq!(x.len(), x_len, "x has {} values, not n_tokens x cols = {n_tokens} x {cols}", x.len());
+    check_lengths(x, n_tokens, rows, cols, bias, y);
     assert_eq!(weights.len(), w_len, "weights have {} values, not rows x cols = {rows} x {cols}", weights.len());
-    assert_eq!(y.len(), y_len, "y has {} values, not n_tokens x rows = {n_tokens} x {rows}", y.len());
-    if let Some(bias) = bias {
-        assert_eq!(bias.len(), rows, "bias has {} values, not rows = {rows}", bias.len());
-    }
-    if y_len == 0 {
+    if y.is_empty() {
         return;
     }
     if cols == 0 {
@@ -71,6 +65,110 @@ pub fn linear(
         return;
     }
     gemm_crate(x, n_tokens, weights, rows, cols, bias, y);
+}
+
+/// A dense layer's weights (`[rows, cols]`, row-major) with the packed copy lathe's AVX2 product
+/// reads, made at the first call that uses it and kept: [`linear`] packs the weights on every
+/// call, which for a sentence of about 20 tokens through MiniLM costs about as much as the
+/// arithmetic. [`PackedWeights::linear`] computes exactly what [`linear`] computes (the same
+/// bits); it reads the packed copy on one thread when the tokens fit one block of the tile's
+/// loop nest or the matrix fits the budget [`linear`] would pack whole, and is [`linear`]
+/// otherwise. The copy takes as much memory as the weights.
+///
+/// ```
+/// use lathe_quant::dense::PackedWeights;
+/// let layer = PackedWeights::new(vec![1.0, 0.0, /* row 1 */ 0.0, 1.0, /* row 2 */ 1.0, 1.0], 3, 2);
+/// let mut y = [0.0; 6];
+/// layer.linear(&[1.0, 2.0, /* token 1 */ 3.0, 4.0], 2, Some(&[0.5, 0.0, -1.0]), &mut y);
+/// assert_eq!(y, [1.5, 2.0, 2.0, 3.5, 4.0, 6.0]);
+/// ```
+#[derive(Clone)]
+pub struct PackedWeights {
+    weights: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    #[cfg(target_arch = "x86_64")]
+    packed: std::sync::OnceLock<x86_64::Packed>,
+}
+
+impl std::fmt::Debug for PackedWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedWeights").field("rows", &self.rows).field("cols", &self.cols).finish_non_exhaustive()
+    }
+}
+
+impl PackedWeights {
+    /// Keeps `weights` (`[rows, cols]`, row-major) for [`linear`](Self::linear); nothing is
+    /// packed yet.
+    ///
+    /// # Panics
+    /// If `weights.len() != rows * cols` (or the product overflows).
+    pub fn new(weights: Vec<f32>, rows: usize, cols: usize) -> PackedWeights {
+        let len = rows.checked_mul(cols).expect("rows * cols overflows");
+        assert_eq!(weights.len(), len, "weights have {} values, not rows x cols = {rows} x {cols}", weights.len());
+        PackedWeights {
+            weights,
+            rows,
+            cols,
+            #[cfg(target_arch = "x86_64")]
+            packed: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The weights, row-major `[rows, cols]`.
+    pub fn weights(&self) -> &[f32] {
+        &self.weights
+    }
+
+    /// The weights back, dropping the packed copy.
+    pub fn into_weights(self) -> Vec<f32> {
+        self.weights
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// [`linear`] with these weights: `y = x weights^T (+ bias)`, the same bits.
+    ///
+    /// # Panics
+    /// If a slice length does not match the shapes.
+    pub fn linear(&self, x: &[f32], n_tokens: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        #[cfg(target_arch = "x86_64")]
+        if n_tokens > 0
+            && rows > 0
+            && cols > 0
+            && packed_pays(n_tokens, rows, cols)
+            && x86_64::prepacked_pays(rows, cols, n_tokens, rayon::current_num_threads())
+            && crate::isa::active() == crate::Isa::Avx2
+            && x86_64::is_supported()
+        {
+            check_lengths(x, n_tokens, rows, cols, bias, y);
+            let packed = self.packed.get_or_init(|| x86_64::Packed::new(&self.weights, rows, cols));
+            x86_64::linear_packed(x, n_tokens, packed, bias, y);
+            return;
+        }
+        linear(x, n_tokens, &self.weights, rows, cols, bias, y);
+    }
+}
+
+/// The length checks of [`linear`] for `x`, `bias` and `y`.
+#[track_caller]
+fn check_lengths(x: &[f32], n_tokens: usize, rows: usize, cols: usize, bias: Option<&[f32]>, y: &[f32]) {
+    let x_len = n_tokens.checked_mul(cols).expect("n_tokens * cols overflows");
+    let y_len = n_tokens.checked_mul(rows).expect("n_tokens * rows overflows");
+    assert_eq!(x.len(), x_len, "x has {} values, not n_tokens x cols = {n_tokens} x {cols}", x.len());
+    assert_eq!(y.len(), y_len, "y has {} values, not n_tokens x rows = {n_tokens} x {rows}", y.len());
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), rows, "bias has {} values, not rows = {rows}", bias.len());
+    }
 }
 
 /// Whether the packed AVX2 product beats the `gemm` crate on `n_tokens x cols` times `rows x
@@ -231,6 +329,34 @@ mod tests {
                 proptest::prop_assert!((got - want).abs() <= tolerance, "{}x{}x{}: {} vs {}", n_tokens, rows, cols, got, want);
             }
         }
+    }
+
+    #[test]
+    fn packed_weights_compute_the_bits_of_linear() {
+        // Token counts below the packed product (the gemm crate), within one block of 72
+        // tokens, and beyond it on a matrix small enough to be packed whole (1536 x 384, as
+        // MiniLM's) and on one that is not (300 x 4000: `linear` itself, in chunks); one thread
+        // (the packed copy) and three (`linear` splitting the work).
+        for &(rows, cols) in &[(1536, 384), (40, 300), (300, 4000), (16, 8)] {
+            let w = values(rows * cols, 7);
+            let b = values(rows, 8);
+            let layer = super::PackedWeights::new(w.clone(), rows, cols);
+            for n_tokens in [1, 3, 8, 21, 72, 73, 150] {
+                let x = values(n_tokens * cols, 9 + n_tokens as u32);
+                for bias in [None, Some(b.as_slice())] {
+                    let mut expected = vec![f32::NAN; n_tokens * rows];
+                    linear(&x, n_tokens, &w, rows, cols, bias, &mut expected);
+                    for threads in [1, 3] {
+                        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                        let mut y = vec![f32::NAN; n_tokens * rows];
+                        pool.install(|| layer.linear(&x, n_tokens, bias, &mut y));
+                        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&y), bits(&expected), "{n_tokens}x{rows}x{cols}, {threads} threads");
+                    }
+                }
+            }
+        }
+        assert_eq!(super::PackedWeights::new(vec![1.0; 6], 3, 2).into_weights(), vec![1.0; 6]);
     }
 
     #[test]

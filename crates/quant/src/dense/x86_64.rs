@@ -83,6 +83,7 @@ pub(super) fn is_supported() -> bool {
 
 /// Floats in 32-byte aligned storage, so that every vector load of a packed panel stays within
 /// one cache line.
+#[derive(Clone)]
 struct Aligned {
     storage: Vec<__m256>,
 }
@@ -167,6 +168,58 @@ pub(super) fn linear(
     y: &mut [f32],
 ) {
     linear_in_chunks(x, n_tokens, weights, rows, cols, bias, y, BUDGET);
+}
+
+/// A whole weight matrix packed once for the tile (one chunk of every row, as [`pack_chunk`]
+/// lays it out), for products that would otherwise pack it on every call.
+#[derive(Clone)]
+pub(super) struct Packed {
+    data: Aligned,
+    rows: usize,
+    cols: usize,
+}
+
+impl Packed {
+    /// Packs `weights` (`[rows, cols]`, non-empty, lengths checked by the caller).
+    pub(super) fn new(weights: &[f32], rows: usize, cols: usize) -> Packed {
+        assert!(is_supported(), "the AVX2 dense product needs AVX2 and FMA");
+        assert!(rows > 0 && cols > 0 && weights.len() >= rows * cols);
+        let mut data = Aligned::zeroed(rows.div_ceil(NR) * NR * cols);
+        let packed = data.floats(rows.div_ceil(NR) * NR * cols);
+        // SAFETY: AVX2 and FMA were asserted above.
+        unsafe { pack_chunk(weights, rows, InnerBlocks::new(cols), packed) };
+        Packed { data, rows, cols }
+    }
+}
+
+/// Whether [`linear_packed`] should run `n_tokens` through a `[rows, cols]` matrix on `threads`
+/// threads: on one thread, when the tokens take one block (the packed matrix is read once, as a
+/// chunked product would read its chunks) or the matrix is small enough for [`linear`] to pack
+/// it whole itself. Elsewhere [`linear`] chunks the weights (to keep them in L2 across many
+/// tokens) or splits them over the threads.
+pub(super) fn prepacked_pays(rows: usize, cols: usize, n_tokens: usize, threads: usize) -> bool {
+    threads == 1 && (n_tokens <= MC || rows.div_ceil(NR) * NR * cols <= BUDGET.whole_floats)
+}
+
+/// [`linear`] on weights packed beforehand: the one-chunk path of [`linear_in_chunks`] without
+/// its packing, so every output takes the same operations (the same bits). Lengths are checked
+/// by the caller; `n_tokens` is non-zero.
+pub(super) fn linear_packed(x: &[f32], n_tokens: usize, weights: &Packed, bias: Option<&[f32]>, y: &mut [f32]) {
+    let (rows, cols) = (weights.rows, weights.cols);
+    assert!(n_tokens > 0 && x.len() >= n_tokens * cols && y.len() >= n_tokens * rows);
+    assert!(bias.is_none_or(|bias| bias.len() >= rows));
+    let inner = InnerBlocks::new(cols);
+    // SAFETY: the storage holds `rows.div_ceil(NR) * NR * cols` packed floats (`Packed::new`);
+    // reading them needs no `&mut`.
+    let packed = unsafe {
+        std::slice::from_raw_parts(weights.data.storage.as_ptr().cast::<f32>(), rows.div_ceil(NR) * NR * cols)
+    };
+    for (block, y_block) in y[..n_tokens * rows].chunks_mut(MC * rows).enumerate() {
+        let mc = y_block.len() / rows;
+        let tokens = Tokens::Rows(&x[block * MC * cols..][..mc * cols]);
+        // SAFETY: `Packed::new` asserted AVX2 and FMA.
+        unsafe { token_block(tokens, mc, inner, packed, rows, bias, y_block, rows, 0) };
+    }
 }
 
 /// [`linear`] within `budget` (at least one strip of weights and one block of tokens).
