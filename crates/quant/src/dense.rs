@@ -48,10 +48,39 @@ pub fn linear(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
+    product(x, n_tokens, weights, rows, cols, bias, y, None);
+}
+
+/// Where a [`PackedWeights`] keeps its packed copy (nothing off x86_64, where no path reads one).
+#[cfg(target_arch = "x86_64")]
+type PackedCache = std::sync::OnceLock<x86_64::Packed>;
+#[cfg(not(target_arch = "x86_64"))]
+type PackedCache = ();
+
+/// The checks and the choice of path of [`linear`] and [`PackedWeights::linear`]. With `kept`,
+/// the packed AVX2 product reads the whole matrix packed once (made at the first call that
+/// needs it) where [`x86_64::prepacked_pays`] says so, instead of packing it again.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    x: &[f32],
+    n_tokens: usize,
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    kept: Option<&PackedCache>,
+) {
+    let x_len = n_tokens.checked_mul(cols).expect("n_tokens * cols overflows");
     let w_len = rows.checked_mul(cols).expect("rows * cols overflows");
-    check_lengths(x, n_tokens, rows, cols, bias, y);
+    let y_len = n_tokens.checked_mul(rows).expect("n_tokens * rows overflows");
+    assert_eq!(x.len(), x_len, "x has {} values, not n_tokens x cols = {n_tokens} x {cols}", x.len());
     assert_eq!(weights.len(), w_len, "weights have {} values, not rows x cols = {rows} x {cols}", weights.len());
-    if y.is_empty() {
+    assert_eq!(y.len(), y_len, "y has {} values, not n_tokens x rows = {n_tokens} x {rows}", y.len());
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), rows, "bias has {} values, not rows = {rows}", bias.len());
+    }
+    if y_len == 0 {
         return;
     }
     if cols == 0 {
@@ -61,9 +90,17 @@ pub fn linear(
     }
     #[cfg(target_arch = "x86_64")]
     if packed_pays(n_tokens, rows, cols) && crate::isa::active() == crate::Isa::Avx2 && x86_64::is_supported() {
-        x86_64::linear(x, n_tokens, weights, rows, cols, bias, y);
+        match kept {
+            Some(kept) if x86_64::prepacked_pays(rows, cols, n_tokens, rayon::current_num_threads()) => {
+                let packed = kept.get_or_init(|| x86_64::Packed::new(weights, rows, cols));
+                x86_64::linear_packed(x, n_tokens, packed, bias, y);
+            }
+            _ => x86_64::linear(x, n_tokens, weights, rows, cols, bias, y),
+        }
         return;
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = kept;
     gemm_crate(x, n_tokens, weights, rows, cols, bias, y);
 }
 
@@ -87,8 +124,7 @@ pub struct PackedWeights {
     weights: Vec<f32>,
     rows: usize,
     cols: usize,
-    #[cfg(target_arch = "x86_64")]
-    packed: std::sync::OnceLock<x86_64::Packed>,
+    packed: PackedCache,
 }
 
 impl std::fmt::Debug for PackedWeights {
@@ -106,13 +142,7 @@ impl PackedWeights {
     pub fn new(weights: Vec<f32>, rows: usize, cols: usize) -> PackedWeights {
         let len = rows.checked_mul(cols).expect("rows * cols overflows");
         assert_eq!(weights.len(), len, "weights have {} values, not rows x cols = {rows} x {cols}", weights.len());
-        PackedWeights {
-            weights,
-            rows,
-            cols,
-            #[cfg(target_arch = "x86_64")]
-            packed: std::sync::OnceLock::new(),
-        }
+        PackedWeights { weights, rows, cols, packed: PackedCache::default() }
     }
 
     /// The weights, row-major `[rows, cols]`.
@@ -140,34 +170,7 @@ impl PackedWeights {
     /// # Panics
     /// If a slice length does not match the shapes.
     pub fn linear(&self, x: &[f32], n_tokens: usize, bias: Option<&[f32]>, y: &mut [f32]) {
-        let (rows, cols) = (self.rows, self.cols);
-        #[cfg(target_arch = "x86_64")]
-        if n_tokens > 0
-            && rows > 0
-            && cols > 0
-            && packed_pays(n_tokens, rows, cols)
-            && x86_64::prepacked_pays(rows, cols, n_tokens, rayon::current_num_threads())
-            && crate::isa::active() == crate::Isa::Avx2
-            && x86_64::is_supported()
-        {
-            check_lengths(x, n_tokens, rows, cols, bias, y);
-            let packed = self.packed.get_or_init(|| x86_64::Packed::new(&self.weights, rows, cols));
-            x86_64::linear_packed(x, n_tokens, packed, bias, y);
-            return;
-        }
-        linear(x, n_tokens, &self.weights, rows, cols, bias, y);
-    }
-}
-
-/// The length checks of [`linear`] for `x`, `bias` and `y`.
-#[track_caller]
-fn check_lengths(x: &[f32], n_tokens: usize, rows: usize, cols: usize, bias: Option<&[f32]>, y: &[f32]) {
-    let x_len = n_tokens.checked_mul(cols).expect("n_tokens * cols overflows");
-    let y_len = n_tokens.checked_mul(rows).expect("n_tokens * rows overflows");
-    assert_eq!(x.len(), x_len, "x has {} values, not n_tokens x cols = {n_tokens} x {cols}", x.len());
-    assert_eq!(y.len(), y_len, "y has {} values, not n_tokens x rows = {n_tokens} x {rows}", y.len());
-    if let Some(bias) = bias {
-        assert_eq!(bias.len(), rows, "bias has {} values, not rows = {rows}", bias.len());
+        product(x, n_tokens, &self.weights, self.rows, self.cols, bias, y, Some(&self.packed));
     }
 }
 

@@ -7,6 +7,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use crate::dot::{PANEL_PAIR_BYTES, PANEL_ROWS};
@@ -149,6 +150,27 @@ struct IntPanels {
 }
 
 impl IntPanels {
+    /// The packed weights and scale tables of output rows `rows` (starting on a panel), as the
+    /// kernel reads them, for the tokens quantized into `buffers`, with those rows' `bias`.
+    fn part<'a>(
+        &'a self,
+        rows: Range<usize>,
+        buffers: &'a IntTaskBuffers,
+        bias: Option<&'a [f32]>,
+    ) -> (&'a [i8], dot::PanelScales<'a>) {
+        let panels = rows.start / PANEL_ROWS..rows.end.div_ceil(PANEL_ROWS);
+        let n_groups = self.padded_cols / self.padded_group_len;
+        let panel_len = self.padded_cols / 2 * PANEL_PAIR_BYTES;
+        let groups = panels.start * n_groups..panels.end * n_groups;
+        let scales = dot::PanelScales {
+            weight_scales: &self.scales[groups.clone()],
+            zero_points: self.zero_points.as_deref().map(|zero_points| (&zero_points[groups], &buffers.group_sums[..])),
+            token_scales: &buffers.scales,
+            bias: bias.map(|bias| &bias[rows]),
+        };
+        (&self.panels[panels.start * panel_len..panels.end * panel_len], scales)
+    }
+
     fn new(weights: &IntMatrix) -> IntPanels {
         let (rows, cols) = (weights.rows(), weights.cols());
         let group_len = weights.group_len();
@@ -727,14 +749,8 @@ impl QuantizedMatrix {
             let n_task_tokens = y_task.len() / rows;
             let x_task = &x[first_token * cols..][..n_task_tokens * cols];
             buffers.quantize(x_task, fused.input_scale, cols, group_len, packed);
-            let IntTaskBuffers { wide, scales, group_sums, .. } = buffers;
-            let scales = dot::PanelScales {
-                weight_scales: &packed.scales,
-                zero_points: packed.zero_points.as_deref().map(|zero_points| (zero_points, &group_sums[..])),
-                token_scales: scales,
-                bias: fused.bias,
-            };
-            kernel(&packed.panels, shape, wide, scales, dot::PanelOutput { values: y_task, stride: rows });
+            let (weights, scales) = packed.part(0..rows, buffers, fused.bias);
+            kernel(weights, shape, &buffers.wide, scales, dot::PanelOutput { values: y_task, stride: rows });
         };
         let threads = rayon::current_num_threads();
         if n_tokens == 1 && threads > 1 && rows * cols >= PARALLEL_GEMV_WEIGHTS {
@@ -742,25 +758,12 @@ impl QuantizedMatrix {
             // quantized once for all of them.
             let mut buffers = IntTaskBuffers::default();
             buffers.quantize(x, fused.input_scale, cols, group_len, packed);
-            let n_groups = packed.padded_cols / packed.padded_group_len;
-            let panel_len = packed.padded_cols / 2 * dot::PANEL_PAIR_BYTES;
-            let (wide, token_scales, group_sums) = (&buffers.wide, &buffers.scales, &buffers.group_sums);
+            let buffers = &buffers;
             y.par_chunks_mut(GEMV_PANELS_PER_TASK * PANEL_ROWS).enumerate().for_each(|(task, y_task)| {
-                let (first_panel, task_rows) = (task * GEMV_PANELS_PER_TASK, y_task.len());
-                let panels = task_rows.div_ceil(PANEL_ROWS);
-                let groups = first_panel * n_groups..(first_panel + panels) * n_groups;
-                let scales = dot::PanelScales {
-                    weight_scales: &packed.scales[groups.clone()],
-                    zero_points: packed
-                        .zero_points
-                        .as_deref()
-                        .map(|zero_points| (&zero_points[groups], &group_sums[..])),
-                    token_scales,
-                    bias: fused.bias.map(|bias| &bias[first_panel * PANEL_ROWS..][..task_rows]),
-                };
+                let (first_row, task_rows) = (task * GEMV_PANELS_PER_TASK * PANEL_ROWS, y_task.len());
+                let (weights, scales) = packed.part(first_row..first_row + task_rows, buffers, fused.bias);
                 let shape = dot::PanelShape { rows: task_rows, ..shape };
-                let weights = &packed.panels[first_panel * panel_len..][..panels * panel_len];
-                kernel(weights, shape, wide, scales, dot::PanelOutput { values: y_task, stride: task_rows });
+                kernel(weights, shape, &buffers.wide, scales, dot::PanelOutput { values: y_task, stride: task_rows });
             });
         } else if n_tokens <= INT_TOKENS_PER_TASK || threads == 1 {
             // One task, or one thread to run them: handing them to the pool would only add the

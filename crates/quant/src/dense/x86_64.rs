@@ -111,6 +111,13 @@ impl Aligned {
         // mutably through `self` for the returned lifetime.
         unsafe { std::slice::from_raw_parts_mut(self.storage.as_mut_ptr().cast::<f32>(), len) }
     }
+
+    /// All the floats of the storage.
+    fn all(&self) -> &[f32] {
+        // SAFETY: as in `floats`, the storage holds `storage.len() * 8` initialised f32 lanes,
+        // borrowed shared through `self`.
+        unsafe { std::slice::from_raw_parts(self.storage.as_ptr().cast::<f32>(), self.storage.len() * 8) }
+    }
 }
 
 /// Runs `f` on `len` floats of this thread's buffer `key`, or of a fresh one when that buffer is
@@ -208,17 +215,36 @@ pub(super) fn linear_packed(x: &[f32], n_tokens: usize, weights: &Packed, bias: 
     let (rows, cols) = (weights.rows, weights.cols);
     assert!(n_tokens > 0 && x.len() >= n_tokens * cols && y.len() >= n_tokens * rows);
     assert!(bias.is_none_or(|bias| bias.len() >= rows));
-    let inner = InnerBlocks::new(cols);
-    // SAFETY: the storage holds `rows.div_ceil(NR) * NR * cols` packed floats (`Packed::new`);
-    // reading them needs no `&mut`.
-    let packed = unsafe {
-        std::slice::from_raw_parts(weights.data.storage.as_ptr().cast::<f32>(), rows.div_ceil(NR) * NR * cols)
-    };
-    for (block, y_block) in y[..n_tokens * rows].chunks_mut(MC * rows).enumerate() {
+    let (x, y) = (&x[..n_tokens * cols], &mut y[..n_tokens * rows]);
+    // `Packed::new` asserted AVX2 and FMA.
+    whole_matrix_blocks(x, InnerBlocks::new(cols), weights.data.all(), rows, bias, y, false);
+}
+
+/// Every block of [`MC`] tokens of `x` (`[n_tokens, inner.cols]`) against all `rows` outputs
+/// packed as one chunk (`packed`, laid out by [`pack_chunk`]), each block packed just before use
+/// one block of the inner dimension at a time (so that it is still in L2, at most 96 KiB); the
+/// blocks go to the current pool's threads when `parallel`. AVX2 and FMA must be available (the
+/// callers assert it).
+fn whole_matrix_blocks(
+    x: &[f32],
+    inner: InnerBlocks,
+    packed: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    parallel: bool,
+) {
+    let cols = inner.cols;
+    let block = |(block, y_block): (usize, &mut [f32])| {
         let mc = y_block.len() / rows;
         let tokens = Tokens::Rows(&x[block * MC * cols..][..mc * cols]);
-        // SAFETY: `Packed::new` asserted AVX2 and FMA.
+        // SAFETY: AVX2 and FMA are available (the callers asserted it).
         unsafe { token_block(tokens, mc, inner, packed, rows, bias, y_block, rows, 0) };
+    };
+    if parallel {
+        y.par_chunks_mut(MC * rows).enumerate().for_each(block);
+    } else {
+        y.chunks_mut(MC * rows).enumerate().for_each(block);
     }
 }
 
@@ -254,23 +280,11 @@ fn linear_in_chunks(
     let (n_chunks, chunk_strips) = even_blocks(n_strips, max_strips);
     let threads = rayon::current_num_threads();
     if n_chunks == 1 {
-        // The weights are packed once; each block of tokens is packed just before use, one block
-        // of the inner dimension at a time, so that it is still in L2 (at most 96 KiB).
+        // The weights are packed once, then every block of tokens reads them.
         with_scratch(&PACKED_WEIGHTS, rows.div_ceil(NR) * NR * cols, |packed| {
             // SAFETY: `linear_in_chunks` asserted AVX2 and FMA above.
             unsafe { pack_chunk(weights, rows, inner, packed) };
-            let packed = &*packed;
-            let block = |(block, y_block): (usize, &mut [f32])| {
-                let mc = y_block.len() / rows;
-                let tokens = Tokens::Rows(&x[block * MC * cols..][..mc * cols]);
-                // SAFETY: as above.
-                unsafe { token_block(tokens, mc, inner, packed, rows, bias, y_block, rows, 0) };
-            };
-            if threads > 1 {
-                y.par_chunks_mut(MC * rows).enumerate().for_each(block);
-            } else {
-                y.chunks_mut(MC * rows).enumerate().for_each(block);
-            }
+            whole_matrix_blocks(x, inner, packed, rows, bias, y, threads > 1);
         });
         return;
     }

@@ -118,8 +118,7 @@ fn size_against_baseline(row: &Row, baseline: &Row, t: &Thresholds, pros: &mut V
 }
 
 fn speed_against_baseline(row: &Row, baseline: &Row, t: &Thresholds, pros: &mut Vec<String>, cons: &mut Vec<String>) {
-    // The baseline's times that the speedups divide: those taken alongside the row, if any.
-    let base = row.baseline_latency_ms.unwrap_or(baseline.latency_ms);
+    let base = row.speedup_base(baseline.latency_ms);
     let cases = [
         ("one sentence at a time", row.speedup.single, row.latency_ms.single, base.single),
         ("batched", row.speedup.batched, row.latency_ms.batched, base.batched),

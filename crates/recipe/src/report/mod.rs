@@ -135,6 +135,14 @@ pub struct Row {
     pub kernels: BTreeMap<String, usize>,
 }
 
+impl Row {
+    /// The baseline latency this row's speedups divide: the one timed alongside it when there is
+    /// one, else `shared`, the baseline row's own.
+    pub fn speedup_base(&self, shared: Latency) -> Latency {
+        self.baseline_latency_ms.unwrap_or(shared)
+    }
+}
+
 /// Encoding latency in milliseconds, single-threaded.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
@@ -181,7 +189,7 @@ impl Report {
         }
         for row in &mut self.rows {
             row.compression = base_bytes / row.size_bytes as f64;
-            let base = row.baseline_latency_ms.unwrap_or(base_latency);
+            let base = row.speedup_base(base_latency);
             row.speedup =
                 Speedup { single: base.single / row.latency_ms.single, batched: base.batched / row.latency_ms.batched };
         }

@@ -780,10 +780,10 @@ unsafe fn dequantize_q4_1_with<const STREAM: bool>(src: &[BlockQ4_1], dst: &mut 
             // `q * d + m`: two roundings, as the scalar code, never an FMA.
             // SAFETY: with `STREAM`, `dst` is 16-byte aligned (the contract) and `y` a
             // multiple of 8 floats into it.
-            unsafe { put::<STREAM>(&mut y[half], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(low), d), m)) };
-            // SAFETY: with `STREAM`, `dst` is 16-byte aligned (the contract) and `y` a
-            // multiple of 8 floats into it.
-            unsafe { put::<STREAM>(&mut y[half + 2], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(high), d), m)) };
+            unsafe {
+                put::<STREAM>(&mut y[half], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(low), d), m));
+                put::<STREAM>(&mut y[half + 2], _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(high), d), m));
+            }
         }
     }
 }
