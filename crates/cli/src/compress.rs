@@ -47,8 +47,9 @@ pub struct QuantizeArgs {
     #[arg(long, value_name = "rtn|gptq", default_value = "rtn")]
     method: String,
     /// int8: activations quantized per token on the fly, products on integer kernels (default);
-    /// f32: weight-only.
-    #[arg(long, value_name = "int8|f32", default_value = "int8")]
+    /// int7: the same with 7-bit activations (integer schemes), a faster kernel at twice the
+    /// activations' rounding error; f32: weight-only.
+    #[arg(long, value_name = "int8|int7|f32", default_value = "int8")]
     activations: String,
     /// SmoothQuant strength: move activation outliers into the weights before quantizing (int8
     /// activations; calibrated).

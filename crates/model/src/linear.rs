@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use lathe_quant::dense::PackedWeights;
-use lathe_quant::{QuantizedMatrix, Scheme};
+use lathe_quant::{ActivationBits, QuantizedMatrix, Scheme};
 use lathe_sparse::{CsrMatrix, Format, NmMatrix, prefer_sparse};
 
 use crate::{Error, Result};
@@ -71,6 +71,9 @@ pub enum LinearKind {
     DenseF32,
     /// Quantized weights through lathe-quant's GEMM, activations quantized per token on the fly.
     Quantized(Scheme),
+    /// Integer weights through lathe-quant's 7-bit activation GEMM (`maddubs`), activations
+    /// quantized per token to 7 bits on the fly.
+    QuantizedSevenBit(Scheme),
     /// Quantized weights through lathe-quant's weight-only GEMM (f32 activations).
     WeightOnly(Scheme),
     /// Sparse weights in CSR through lathe-sparse's product.
@@ -89,6 +92,7 @@ impl fmt::Display for LinearKind {
         match self {
             LinearKind::DenseF32 => f.write_str("dense f32"),
             LinearKind::Quantized(scheme) => fmt::Display::fmt(scheme, f),
+            LinearKind::QuantizedSevenBit(scheme) => write!(f, "{scheme} (7-bit activations)"),
             LinearKind::WeightOnly(scheme) => write!(f, "{scheme} weight-only"),
             LinearKind::SparseCsr => f.write_str("sparse csr"),
             LinearKind::SparseNm { n, m } => write!(f, "sparse {n}:{m}"),
@@ -292,7 +296,10 @@ impl Linear {
     pub fn kind(&self) -> LinearKind {
         match &self.kernel {
             Kernel::Dense(_) => LinearKind::DenseF32,
-            Kernel::Quantized(matrix) => LinearKind::Quantized(matrix.scheme()),
+            Kernel::Quantized(matrix) => match matrix.activation_bits() {
+                ActivationBits::Eight => LinearKind::Quantized(matrix.scheme()),
+                ActivationBits::Seven => LinearKind::QuantizedSevenBit(matrix.scheme()),
+            },
             Kernel::WeightOnly(matrix) => LinearKind::WeightOnly(matrix.scheme()),
             Kernel::Csr(..) => LinearKind::SparseCsr,
             Kernel::Nm(matrix, _) => LinearKind::SparseNm { n: matrix.n(), m: matrix.m() },

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use lathe_config::Config;
 use lathe_quant::linear::{IntMatrix, PackQuantized, ZeroPointTensor};
-use lathe_quant::{Bits, Granularity, IntScheme, QuantizedMatrix, Scheme};
+use lathe_quant::{ActivationBits, Bits, Granularity, IntScheme, QuantizedMatrix, Scheme};
 use lathe_tensor::{Checkpoint, Dtype};
 use serde_json::Value;
 
@@ -19,8 +19,9 @@ pub(crate) const GGML_METADATA_PREFIX: &str = "lathe.ggml.";
 /// What quantized linears do with their inputs, from the config's `quantization_config`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Inputs {
-    /// Quantized per token on the fly (dynamic int8, or GGML's Q8 activation blocks).
-    Quantized,
+    /// Quantized per token on the fly (dynamic int8 or 7-bit integers for integer schemes,
+    /// GGML's Q8 activation blocks for GGML ones).
+    Quantized(ActivationBits),
     /// Kept in f32 (weight-only quantization).
     F32,
 }
@@ -77,27 +78,30 @@ impl Stored {
                     None | Some(Value::Null) => Inputs::F32,
                     Some(args) => {
                         let field = |name: &str| args.get(name).cloned().unwrap_or(Value::Null);
-                        let dynamic_int8_per_token = field("num_bits") == 8
-                            && field("type") == "int"
+                        let bits = field("num_bits").as_u64().and_then(|bits| u32::try_from(bits).ok());
+                        let bits = bits.and_then(ActivationBits::from_bits);
+                        let dynamic_per_token = field("type") == "int"
                             && field("dynamic") == true
                             && field("symmetric") == true
                             && field("strategy") == "token";
-                        if !dynamic_int8_per_token {
-                            return Err(invalid(
-                                file,
-                                format!(
-                                    "quantization_config input_activations {args}: lathe runs only dynamic symmetric \
-                                     int8 per token, or f32 (null)"
-                                ),
-                            ));
+                        match bits {
+                            Some(bits) if dynamic_per_token => Inputs::Quantized(bits),
+                            _ => {
+                                return Err(invalid(
+                                    file,
+                                    format!(
+                                        "quantization_config input_activations {args}: lathe runs only dynamic \
+                                         symmetric int8 (or 7-bit) per token, or f32 (null)"
+                                    ),
+                                ));
+                            }
                         }
-                        Inputs::Quantized
                     }
                 });
             }
             (Some("lathe"), Some("ggml-blocks")) => {
                 stored.inputs = Some(match key("activations") {
-                    Some("int8") => Inputs::Quantized,
+                    Some("int8") => Inputs::Quantized(ActivationBits::Eight),
                     Some("f32") => Inputs::F32,
                     other => {
                         return Err(invalid(
@@ -201,7 +205,7 @@ impl Stored {
         rows: usize,
         cols: usize,
     ) -> Result<Option<(QuantizedMatrix, Inputs)>> {
-        let inputs = self.inputs.unwrap_or(Inputs::Quantized);
+        let inputs = self.inputs.unwrap_or(Inputs::Quantized(ActivationBits::Eight));
         let context = |source: lathe_quant::Error| Error::Invalid {
             file: checkpoint.file_of(name).to_path_buf(),
             message: format!("tensor `{name}`: {source}"),

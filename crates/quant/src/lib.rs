@@ -29,5 +29,6 @@ mod scheme;
 
 pub use error::{Error, Result};
 pub use isa::Isa;
+pub use linear::ActivationBits;
 pub use matrix::QuantizedMatrix;
 pub use scheme::{Bits, Granularity, IntScheme, Scheme};

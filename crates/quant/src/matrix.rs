@@ -10,12 +10,12 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use crate::dot::{PANEL_PAIR_BYTES, PANEL_ROWS};
+use crate::dot::{PANEL_ROWS, PanelOutput};
 use crate::ggml::{
     self, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_1, Interleaved, QK,
 };
 use crate::linear::{self, IntMatrix};
-use crate::{Error, Result, Scheme, cast, dot};
+use crate::{ActivationBits, Error, Result, Scheme, cast, dot};
 
 /// Output rows handed to one rayon task: enough work to amortise scheduling, few enough to
 /// balance two to sixty-four threads on the BERT shapes (384 to 4096 rows).
@@ -65,8 +65,10 @@ pub struct QuantizedMatrix {
     cols: usize,
     scheme: Scheme,
     weights: Weights,
-    /// Integer weights repacked for the GEMM's kernel, built by the first product of two or more
-    /// tokens (so a matrix only ever used for GEMV, or only written, pays nothing).
+    /// How integer weights' products quantize the activations (and so which kernel they run).
+    activation_bits: ActivationBits,
+    /// Integer weights repacked for the kernel of `activation_bits`, built by the first product
+    /// (so a matrix only written pays nothing).
     int_panels: OnceLock<IntPanels>,
 }
 
@@ -131,60 +133,81 @@ impl<Q: Interleaved> Quads<Q> {
     }
 }
 
-/// Integer weights in panels of [`PANEL_ROWS`] rows, packed by column pairs as
-/// [`dot::gemm_i8_i16_f32`] reads them, with each group padded to an even number of columns (a
-/// zero weight against a zero activation), and the panel rows' scales and zero points per group.
-/// Rows past the matrix are zero weights with scale 0; they are never written out.
+/// Integer weights in panels of [`PANEL_ROWS`] rows for one of the two GEMM kernels, with each
+/// group padded to whole steps of the kernel (a zero weight against a zero activation), and the
+/// panel rows' scales and zero points per group. Rows past the matrix are zero weights with
+/// scale 0; they are never written out.
+///
+/// For int8 activations ([`dot::gemm_i8_i16_f32`]) the panels hold the weights by column pairs;
+/// for 7-bit ones ([`dot::gemm_u8_i8_f32`]) by column quads, each weight `q` stored as the byte
+/// `q + 128` and every zero point as `z + 128`, so that `sum((q + 128) * a) - (z + 128) * sum(a)`
+/// is the int8 kernel's `sum(q * a) - z * sum(a)`.
 #[derive(Debug, Clone)]
 struct IntPanels {
-    /// Columns of a group, padded to even.
+    bits: ActivationBits,
+    /// Columns of a group, padded to the kernel's step.
     padded_group_len: usize,
     /// Columns of a row: `n_groups * padded_group_len`.
     padded_cols: usize,
-    /// `[rows.div_ceil(PANEL_ROWS), padded_cols / 2 * PANEL_PAIR_BYTES]`.
+    /// `[rows.div_ceil(PANEL_ROWS), padded_cols * PANEL_ROWS]`.
     panels: Vec<i8>,
     /// `[n_panels, n_groups]`: the scales of the panel's rows for each group.
     scales: Vec<[f32; PANEL_ROWS]>,
-    /// The zero points in the layout of `scales`, for asymmetric schemes.
+    /// The zero points in the layout of `scales`, for asymmetric schemes and 7-bit activations.
     zero_points: Option<Vec<[i32; PANEL_ROWS]>>,
 }
 
 impl IntPanels {
-    /// The packed weights and scale tables of output rows `rows` (starting on a panel), as the
-    /// kernel reads them, for the tokens quantized into `buffers`, with those rows' `bias`.
-    fn part<'a>(
-        &'a self,
+    /// Output rows `rows` (starting on a panel) times the tokens quantized into `buffers`, with
+    /// those rows' `bias`, on the kernel of `kernels` for the panels' layout.
+    fn multiply(
+        &self,
+        kernels: &dot::DotKernels,
         rows: Range<usize>,
-        buffers: &'a IntTaskBuffers,
-        bias: Option<&'a [f32]>,
-    ) -> (&'a [i8], dot::PanelScales<'a>) {
+        buffers: &IntTaskBuffers,
+        bias: Option<&[f32]>,
+        out: PanelOutput<'_>,
+    ) {
         let panels = rows.start / PANEL_ROWS..rows.end.div_ceil(PANEL_ROWS);
         let n_groups = self.padded_cols / self.padded_group_len;
-        let panel_len = self.padded_cols / 2 * PANEL_PAIR_BYTES;
+        let panel_len = self.padded_cols * PANEL_ROWS;
         let groups = panels.start * n_groups..panels.end * n_groups;
         let scales = dot::PanelScales {
             weight_scales: &self.scales[groups.clone()],
             zero_points: self.zero_points.as_deref().map(|zero_points| (&zero_points[groups], &buffers.group_sums[..])),
             token_scales: &buffers.scales,
-            bias: bias.map(|bias| &bias[rows]),
+            bias: bias.map(|bias| &bias[rows.clone()]),
         };
-        (&self.panels[panels.start * panel_len..panels.end * panel_len], scales)
+        let shape = dot::PanelShape { rows: rows.len(), cols: self.padded_cols, group_len: self.padded_group_len };
+        let weights = &self.panels[panels.start * panel_len..panels.end * panel_len];
+        match self.bits {
+            ActivationBits::Eight => (kernels.i8_i16_f32_panel)(weights, shape, &buffers.wide, scales, out),
+            ActivationBits::Seven => {
+                (kernels.u8_i8_f32_panel)(bytemuck::cast_slice(weights), shape, &buffers.narrow, scales, out)
+            }
+        }
     }
 
-    fn new(weights: &IntMatrix) -> IntPanels {
+    fn new(weights: &IntMatrix, bits: ActivationBits) -> IntPanels {
         let (rows, cols) = (weights.rows(), weights.cols());
         let group_len = weights.group_len();
         let n_groups = cols.checked_div(group_len).unwrap_or(0);
-        let padded_group_len = group_len.next_multiple_of(2);
+        let (step, index, offset): (usize, fn(usize, usize) -> usize, i32) = match bits {
+            ActivationBits::Eight => (2, dot::panel_index, 0),
+            ActivationBits::Seven => (4, dot::quad_panel_index, 128),
+        };
+        let padded_group_len = group_len.next_multiple_of(step);
         let padded_cols = n_groups * padded_group_len;
-        let panel_len = padded_cols / 2 * PANEL_PAIR_BYTES;
+        let panel_len = padded_cols * PANEL_ROWS;
         let n_panels = rows.div_ceil(PANEL_ROWS);
-        let mut panels = vec![0i8; n_panels * panel_len];
+        // The stored byte of weight `q`: `q`, or `q + 128` (as a byte) for 7-bit activations.
+        let stored = |q: i8| if offset == 0 { q } else { q ^ i8::MIN };
+        let mut panels = vec![stored(0); n_panels * panel_len];
         for (row, values) in weights.values().chunks_exact(cols.max(1)).enumerate().take(rows) {
             let panel = &mut panels[row / PANEL_ROWS * panel_len..][..panel_len];
             for (col, &value) in values.iter().enumerate() {
                 let padded_col = col / group_len * padded_group_len + col % group_len;
-                panel[dot::panel_index(row % PANEL_ROWS, padded_col)] = value;
+                panel[index(row % PANEL_ROWS, padded_col)] = stored(value);
             }
         }
         let params = |panel: usize, group: usize, r: usize| {
@@ -196,10 +219,11 @@ impl IntPanels {
         };
         let all = (0..n_panels).flat_map(|panel| (0..n_groups).map(move |group| (panel, group)));
         let scales = all.clone().map(|(panel, group)| per_group(panel, group).map(|(scale, _)| scale)).collect();
-        let zero_points = weights.zero_points().map(|_| {
-            all.map(|(panel, group)| per_group(panel, group).map(|(_, zero_point)| i32::from(zero_point))).collect()
+        let zero_points = (weights.zero_points().is_some() || offset != 0).then(|| {
+            all.map(|(panel, group)| per_group(panel, group).map(|(_, zero_point)| i32::from(zero_point) + offset))
+                .collect()
         });
-        IntPanels { padded_group_len, padded_cols, panels, scales, zero_points }
+        IntPanels { bits, padded_group_len, padded_cols, panels, scales, zero_points }
     }
 }
 
@@ -232,11 +256,13 @@ struct IntTaskBuffers {
     scaled: Vec<f32>,
     /// One token quantized to int8.
     token: Vec<i8>,
-    /// The task's tokens widened to i16, `[n_tokens, padded_cols]`.
+    /// The task's tokens widened to i16, `[n_tokens, padded_cols]` (int8 activations).
     wide: Vec<i16>,
+    /// The task's tokens, `[n_tokens, padded_cols]` (7-bit activations).
+    narrow: Vec<i8>,
     /// Each token's scale.
     scales: Vec<f32>,
-    /// `[n_tokens, n_groups]`: each group's sum of activations (asymmetric weights only).
+    /// `[n_tokens, n_groups]`: each group's sum of activations (for the zero points).
     group_sums: Vec<i32>,
 }
 
@@ -245,6 +271,10 @@ impl IntTaskBuffers {
     /// `input_scale` first, as [`scale_channels`] does) to int8 as every other path does, and
     /// widens them into `wide` in the panels' padded column layout.
     fn quantize(&mut self, x: &[f32], input_scale: Option<&[f32]>, cols: usize, group_len: usize, panels: &IntPanels) {
+        if panels.bits == ActivationBits::Seven {
+            self.quantize_7_bits(x, input_scale, cols, group_len, panels);
+            return;
+        }
         let n_tokens = x.len() / cols;
         let padded_group_len = panels.padded_group_len;
         let asymmetric = panels.zero_points.is_some();
@@ -281,6 +311,43 @@ impl IntTaskBuffers {
                     self.group_sums.push(values.iter().map(|&v| i32::from(v)).sum());
                 }
             }
+        }
+    }
+}
+
+impl IntTaskBuffers {
+    /// Quantizes the tokens of `x` (row-major, `cols` each; scaled per channel by `input_scale`)
+    /// to 7 bits ([`linear::quantize_activations_i7`]) into `narrow` in the panels' padded
+    /// column layout, with every group's sum (the offset weights' zero points need them all).
+    fn quantize_7_bits(
+        &mut self,
+        x: &[f32],
+        input_scale: Option<&[f32]>,
+        cols: usize,
+        group_len: usize,
+        panels: &IntPanels,
+    ) {
+        let n_tokens = x.len() / cols;
+        let padded_group_len = panels.padded_group_len;
+        self.narrow.resize(n_tokens * panels.padded_cols, 0);
+        self.token.resize(cols, 0);
+        self.scales.clear();
+        self.group_sums.clear();
+        for (token, narrow) in x.chunks_exact(cols).zip(self.narrow.chunks_exact_mut(panels.padded_cols)) {
+            if padded_group_len == group_len {
+                self.scales.push(linear::quantize_activations_i7(token, input_scale, narrow));
+            } else {
+                self.scales.push(linear::quantize_activations_i7(token, input_scale, &mut self.token));
+                for (values, padded) in
+                    self.token.chunks_exact(group_len).zip(narrow.chunks_exact_mut(padded_group_len))
+                {
+                    padded[..group_len].copy_from_slice(values);
+                    padded[group_len..].fill(0);
+                }
+            }
+            self.group_sums.extend(
+                narrow.chunks_exact(padded_group_len).map(|group| group.iter().map(|&v| i32::from(v)).sum::<i32>()),
+            );
         }
     }
 }
@@ -372,19 +439,40 @@ impl QuantizedMatrix {
             Scheme::Q5_1 => Weights::Q5_1(blocks(weights, ggml::quantize_q5_1)),
             Scheme::Int(int) => Weights::Int(IntMatrix::quantize(weights, rows, cols, int)?),
         };
-        Ok(QuantizedMatrix { rows, cols, scheme, weights, int_panels: OnceLock::new() })
+        Ok(QuantizedMatrix::new(rows, cols, scheme, weights))
     }
 
     /// A matrix over weights already in the integer layout (a compressed-tensors file read back
     /// with [`IntMatrix::from_pack_quantized`], or GPTQ's output).
     pub fn from_int(matrix: IntMatrix) -> QuantizedMatrix {
-        QuantizedMatrix {
-            rows: matrix.rows(),
-            cols: matrix.cols(),
-            scheme: Scheme::Int(matrix.scheme()),
-            weights: Weights::Int(matrix),
-            int_panels: OnceLock::new(),
+        QuantizedMatrix::new(matrix.rows(), matrix.cols(), Scheme::Int(matrix.scheme()), Weights::Int(matrix))
+    }
+
+    fn new(rows: usize, cols: usize, scheme: Scheme, weights: Weights) -> QuantizedMatrix {
+        let activation_bits = ActivationBits::Eight;
+        QuantizedMatrix { rows, cols, scheme, weights, activation_bits, int_panels: OnceLock::new() }
+    }
+
+    /// The matrix with its products quantizing activations to `bits` (int8 by default): 7 bits
+    /// run the integer schemes on the `maddubs` kernel ([`dot::gemm_u8_i8_f32`]), faster on
+    /// AVX2 without VNNI, at twice the activations' rounding error.
+    ///
+    /// # Errors
+    /// [`Error::BadScheme`] for 7 bits with weights of a GGML or float scheme (their
+    /// activations follow the format: Q8 blocks or f32).
+    pub fn with_activation_bits(self, bits: ActivationBits) -> Result<QuantizedMatrix> {
+        if bits != ActivationBits::Eight && !matches!(self.weights, Weights::Int(_)) {
+            return Err(Error::BadScheme {
+                input: self.scheme.to_string(),
+                reason: format!("{}-bit activations need an integer scheme", bits.bits()),
+            });
         }
+        Ok(QuantizedMatrix { activation_bits: bits, int_panels: OnceLock::new(), ..self })
+    }
+
+    /// How the products quantize the activations of integer weights.
+    pub fn activation_bits(&self) -> ActivationBits {
+        self.activation_bits
     }
 
     /// A matrix over stored bytes of a GGML or float scheme, laid out as [`as_bytes`](Self::as_bytes)
@@ -466,7 +554,7 @@ impl QuantizedMatrix {
             }
             Scheme::Int(_) => unreachable!("integer schemes returned above"),
         };
-        Ok(QuantizedMatrix { rows, cols, scheme, weights, int_panels: OnceLock::new() })
+        Ok(QuantizedMatrix::new(rows, cols, scheme, weights))
     }
 
     /// Output features (rows of `W`).
@@ -576,9 +664,9 @@ impl QuantizedMatrix {
         // GB/s), with the same results (the per-row path stays as the tests' reference,
         // `gemm_rows`).
         if let Weights::Int(weights) = &self.weights {
-            let kernel = dot::kernels(crate::isa::active())
-                .map_or(dot::scalar::gemm_i8_i16_f32 as dot::I8PanelKernel, |k| k.i8_i16_f32_panel);
-            self.run_int_panels(weights, x, n_tokens, Fused { input_scale, bias }, y, kernel);
+            let kernels = dot::kernels(crate::isa::active()).or(dot::kernels(crate::Isa::Scalar));
+            let kernels = kernels.expect("the scalar kernels always exist");
+            self.run_int_panels(weights, x, n_tokens, Fused { input_scale, bias }, y, kernels);
             return;
         }
         let scaled: Vec<f32>;
@@ -725,7 +813,7 @@ impl QuantizedMatrix {
         n_tokens: usize,
         fused: Fused<'_>,
         y: &mut [f32],
-        kernel: dot::I8PanelKernel,
+        kernels: &dot::DotKernels,
     ) {
         let (rows, cols) = (self.rows, self.cols);
         if n_tokens == 0 || rows == 0 {
@@ -741,16 +829,14 @@ impl QuantizedMatrix {
             }
             return;
         }
-        let packed = self.int_panels.get_or_init(|| IntPanels::new(weights));
+        let packed = self.int_panels.get_or_init(|| IntPanels::new(weights, self.activation_bits));
         let group_len = weights.group_len();
-        let shape = dot::PanelShape { rows, cols: packed.padded_cols, group_len: packed.padded_group_len };
         let run_task = |buffers: &mut IntTaskBuffers, (task, y_task): (usize, &mut [f32])| {
             let first_token = task * INT_TOKENS_PER_TASK;
             let n_task_tokens = y_task.len() / rows;
             let x_task = &x[first_token * cols..][..n_task_tokens * cols];
             buffers.quantize(x_task, fused.input_scale, cols, group_len, packed);
-            let (weights, scales) = packed.part(0..rows, buffers, fused.bias);
-            kernel(weights, shape, &buffers.wide, scales, dot::PanelOutput { values: y_task, stride: rows });
+            packed.multiply(kernels, 0..rows, buffers, fused.bias, PanelOutput { values: y_task, stride: rows });
         };
         let threads = rayon::current_num_threads();
         if n_tokens == 1 && threads > 1 && rows * cols >= PARALLEL_GEMV_WEIGHTS {
@@ -761,9 +847,8 @@ impl QuantizedMatrix {
             let buffers = &buffers;
             y.par_chunks_mut(GEMV_PANELS_PER_TASK * PANEL_ROWS).enumerate().for_each(|(task, y_task)| {
                 let (first_row, task_rows) = (task * GEMV_PANELS_PER_TASK * PANEL_ROWS, y_task.len());
-                let (weights, scales) = packed.part(first_row..first_row + task_rows, buffers, fused.bias);
-                let shape = dot::PanelShape { rows: task_rows, ..shape };
-                kernel(weights, shape, &buffers.wide, scales, dot::PanelOutput { values: y_task, stride: task_rows });
+                let out = PanelOutput { values: y_task, stride: task_rows };
+                packed.multiply(kernels, first_row..first_row + task_rows, buffers, fused.bias, out);
             });
         } else if n_tokens <= INT_TOKENS_PER_TASK || threads == 1 {
             // One task, or one thread to run them: handing them to the pool would only add the
@@ -936,8 +1021,47 @@ mod tests {
         /// `row_outputs`), which integer weights no longer take: the independent reference the
         /// panels must equal bit for bit.
         fn gemm_rows(&self, x: &[f32], n_tokens: usize, y: &mut [f32]) {
+            assert_eq!(self.activation_bits, ActivationBits::Eight, "the per-row kernels take int8 activations");
             let activations = self.quantize_activations(x, n_tokens);
             self.run(x, n_tokens, y, &activations);
+        }
+
+        /// What [`gemm`](QuantizedMatrix::gemm) gives with 7-bit activations, written out
+        /// (integer weights): each token quantized by the scalar 7-bit quantizer, each group's
+        /// exact integer sum less its zero point's share, scaled and summed in group order,
+        /// times the token's scale, plus the bias; the reference of the `maddubs` kernel, which is
+        /// exact for these activations.
+        fn gemm_rows_7(
+            &self,
+            x: &[f32],
+            n_tokens: usize,
+            input_scale: Option<&[f32]>,
+            bias: Option<&[f32]>,
+            y: &mut [f32],
+        ) {
+            let Weights::Int(w) = &self.weights else { panic!("7-bit activations need integer weights") };
+            let (rows, cols, group) = (self.rows, self.cols, w.group_len());
+            let quantize = linear::quantize_activations_i7_kernel(crate::Isa::Scalar).unwrap();
+            let mut a = vec![0i8; cols];
+            for t in 0..n_tokens {
+                let token_scale = quantize(&x[t * cols..(t + 1) * cols], input_scale, &mut a);
+                for row in 0..rows {
+                    let q = &w.values()[row * cols..(row + 1) * cols];
+                    let mut acc = 0.0f32;
+                    for g in 0..cols / group {
+                        let span = g * group..(g + 1) * group;
+                        let dot: i32 = span.clone().map(|c| i32::from(q[c]) * i32::from(a[c])).sum();
+                        let sum: i32 = span.map(|c| i32::from(a[c])).sum();
+                        let (scale, zero_point) = w.group_params(w.group_index(row, g * group));
+                        acc += scale * (dot - i32::from(zero_point) * sum) as f32;
+                    }
+                    let mut value = acc * token_scale;
+                    if let Some(bias) = bias {
+                        value += bias[row];
+                    }
+                    y[t * rows + row] = value;
+                }
+            }
         }
     }
 
@@ -1121,8 +1245,12 @@ mod tests {
         // A token of zeros (zero scale) and one with a single outlier.
         x[3 * cols..4 * cols].fill(0.0);
         x[5 * cols + 7] = 1e4;
-        for name in ["int8-channel", "int8-g32", "int8-channel-asym", "int4-g32", "int4-g32-asym", "int8-tensor"] {
+        let names = ["int8-channel", "int8-g32", "int8-channel-asym", "int4-g32", "int4-g32-asym", "int8-tensor"];
+        let all = [ActivationBits::Eight, ActivationBits::Seven];
+        for (name, activation_bits) in names.into_iter().flat_map(|name| all.map(|bits| (name, bits))) {
             let matrix = QuantizedMatrix::quantize(&weights, rows, cols, name.parse().unwrap()).unwrap();
+            let matrix = matrix.with_activation_bits(activation_bits).unwrap();
+            let name = format!("{name} {activation_bits:?}");
             let run = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let mut y = vec![f32::NAN; n_tokens * rows];
@@ -1135,7 +1263,10 @@ mod tests {
             for (t, (token, expected)) in x.chunks_exact(cols).zip(y.chunks_exact(rows)).enumerate() {
                 let (mut single, mut reference) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
                 matrix.gemv(token, &mut single);
-                matrix.gemm_rows(token, 1, &mut reference);
+                match activation_bits {
+                    ActivationBits::Eight => matrix.gemm_rows(token, 1, &mut reference),
+                    ActivationBits::Seven => matrix.gemm_rows_7(token, 1, None, None, &mut reference),
+                }
                 assert_eq!(bits(&single), bits(expected), "{name}: token {t}");
                 assert_eq!(bits(&reference), bits(expected), "{name}: token {t}, per-row kernels");
             }
@@ -1160,20 +1291,26 @@ mod tests {
         let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for name in ["int8-channel", "int8-g32", "int4-g128-asym"] {
             let matrix = QuantizedMatrix::quantize(&weights, rows, cols, name.parse().unwrap()).unwrap();
-            let run = |threads: usize| {
+            let seven = matrix.clone().with_activation_bits(ActivationBits::Seven).unwrap();
+            let run = |matrix: &QuantizedMatrix, threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let mut y = vec![f32::NAN; rows];
                 pool.install(|| matrix.linear(&x, 1, Some(&input_scale), Some(&bias), &mut y));
                 y
             };
-            let one = run(1);
-            assert_eq!(bits(&run(3)), bits(&one), "{name}: three threads");
+            let one = run(&matrix, 1);
+            assert_eq!(bits(&run(&matrix, 3)), bits(&one), "{name}: three threads");
             let mut reference = vec![f32::NAN; rows];
             matrix.gemm_rows(&scale_channels(&x, &input_scale), 1, &mut reference);
             for (value, b) in reference.iter_mut().zip(&bias) {
                 *value += b;
             }
             assert_eq!(bits(&one), bits(&reference), "{name}: per-row kernels");
+
+            let one = run(&seven, 1);
+            assert_eq!(bits(&run(&seven, 3)), bits(&one), "{name}, 7 bits: three threads");
+            seven.gemm_rows_7(&x, 1, Some(&input_scale), Some(&bias), &mut reference);
+            assert_eq!(bits(&one), bits(&reference), "{name}, 7 bits: reference");
         }
     }
 
@@ -1182,9 +1319,9 @@ mod tests {
         // Odd shapes: rows around the panel's 16, 1 to 19 tokens (tiles of one to six tokens, and
         // every rest after tiles of six), groups of even and odd lengths (padded), symmetric and
         // asymmetric weights.
-        let kernels: Vec<(crate::Isa, dot::I8PanelKernel)> = crate::Isa::supported()
+        let kernels: Vec<(crate::Isa, &dot::DotKernels)> = crate::Isa::supported()
             .into_iter()
-            .map(|isa| (isa, dot::kernels(isa).expect("supported isa has a table").i8_i16_f32_panel))
+            .map(|isa| (isa, dot::kernels(isa).expect("supported isa has a table")))
             .collect();
         let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for (name, cols) in [
@@ -1196,9 +1333,12 @@ mod tests {
             ("int8-channel-asym", 64),
             ("int4-g32-asym", 96),
         ] {
-            for rows in [1, 5, 16, 17, 37] {
+            for (rows, seven) in [1, 5, 16, 17, 37].into_iter().flat_map(|rows| [(rows, false), (rows, true)]) {
                 let weights = values(rows * cols, 13);
-                let matrix = QuantizedMatrix::quantize(&weights, rows, cols, name.parse().unwrap()).unwrap();
+                let mut matrix = QuantizedMatrix::quantize(&weights, rows, cols, name.parse().unwrap()).unwrap();
+                if seven {
+                    matrix = matrix.with_activation_bits(ActivationBits::Seven).unwrap();
+                }
                 let Weights::Int(int) = &matrix.weights else { unreachable!("an integer scheme") };
                 let input_scale: Vec<f32> = (0..cols).map(|j| 0.25 + (j % 5) as f32 * 0.5).collect();
                 let bias = values(rows, 14);
@@ -1210,22 +1350,27 @@ mod tests {
                     let scaled = scale_channels(&x, &input_scale);
                     let mut plain = vec![f32::NAN; n_tokens * rows];
                     let mut smoothed = vec![f32::NAN; n_tokens * rows];
-                    for t in 0..n_tokens {
-                        let span = t * cols..(t + 1) * cols;
-                        matrix.gemm_rows(&x[span.clone()], 1, &mut plain[t * rows..(t + 1) * rows]);
-                        matrix.gemm_rows(&scaled[span], 1, &mut smoothed[t * rows..(t + 1) * rows]);
+                    if seven {
+                        matrix.gemm_rows_7(&x, n_tokens, None, None, &mut plain);
+                        matrix.gemm_rows_7(&x, n_tokens, Some(&input_scale), Some(&bias), &mut smoothed);
+                    } else {
+                        for t in 0..n_tokens {
+                            let span = t * cols..(t + 1) * cols;
+                            matrix.gemm_rows(&x[span.clone()], 1, &mut plain[t * rows..(t + 1) * rows]);
+                            matrix.gemm_rows(&scaled[span], 1, &mut smoothed[t * rows..(t + 1) * rows]);
+                        }
+                        for (value, b) in smoothed.iter_mut().zip(bias.iter().cycle()) {
+                            *value += b;
+                        }
                     }
-                    for (value, b) in smoothed.iter_mut().zip(bias.iter().cycle()) {
-                        *value += b;
-                    }
-                    let what = format!("{name}, {rows} x {cols}, {n_tokens} tokens");
-                    for &(isa, kernel) in &kernels {
+                    let what = format!("{name}, {rows} x {cols}, {n_tokens} tokens, 7 bits {seven}");
+                    for &(isa, kernels) in &kernels {
                         let mut y = vec![f32::NAN; n_tokens * rows];
                         let none = Fused { input_scale: None, bias: None };
-                        matrix.run_int_panels(int, &x, n_tokens, none, &mut y, kernel);
+                        matrix.run_int_panels(int, &x, n_tokens, none, &mut y, kernels);
                         assert_eq!(bits(&y), bits(&plain), "{what}, {isa:?}");
                         let fused = Fused { input_scale: Some(&input_scale), bias: Some(&bias) };
-                        matrix.run_int_panels(int, &x, n_tokens, fused, &mut y, kernel);
+                        matrix.run_int_panels(int, &x, n_tokens, fused, &mut y, kernels);
                         assert_eq!(bits(&y), bits(&smoothed), "{what}, {isa:?}, fused");
                     }
                     let mut y = vec![f32::NAN; n_tokens * rows];
@@ -1233,6 +1378,33 @@ mod tests {
                     assert_eq!(bits(&y), bits(&smoothed), "{what}, linear");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn seven_bit_activations_stay_close_and_need_integer_weights() {
+        let (rows, cols, n_tokens) = (37, 128, 5);
+        let weights = values(rows * cols, 31);
+        let x = values(n_tokens * cols, 32);
+        let exact =
+            reference(&QuantizedMatrix::quantize(&weights, rows, cols, Scheme::F16).unwrap(), &x, n_tokens, true);
+        let scale: f64 = weights.iter().map(|w| f64::from(w.abs())).sum::<f64>() * 10.0 / rows as f64;
+        let worst = |bits: ActivationBits| {
+            let matrix = QuantizedMatrix::quantize(&weights, rows, cols, "int8-channel".parse().unwrap()).unwrap();
+            let matrix = matrix.with_activation_bits(bits).unwrap();
+            assert_eq!(matrix.activation_bits(), bits);
+            let mut y = vec![f32::NAN; n_tokens * rows];
+            matrix.gemm(&x, n_tokens, &mut y);
+            y.iter().zip(&exact).map(|(&a, &b)| (f64::from(a) - b).abs()).fold(0.0, f64::max)
+        };
+        let (eight, seven) = (worst(ActivationBits::Eight), worst(ActivationBits::Seven));
+        // Twice the activations' step: about twice the error, and still small.
+        assert!(seven < 0.05 * scale && seven > eight, "7 bits: worst error {seven} (8 bits: {eight})");
+        for name in ["q8_0", "f16"] {
+            let matrix = QuantizedMatrix::quantize(&weights, rows, cols, name.parse().unwrap()).unwrap();
+            let error = matrix.clone().with_activation_bits(ActivationBits::Seven).unwrap_err();
+            assert!(error.to_string().contains("7-bit activations need an integer scheme"), "{name}: {error}");
+            assert!(matrix.with_activation_bits(ActivationBits::Eight).is_ok(), "{name}");
         }
     }
 

@@ -546,8 +546,55 @@ mod activations_match_scalar {
         Ok(())
     }
 
+    /// The 7-bit quantizer written out: `scale = amax / 63` (NaN skipped, at least the smallest
+    /// subnormal), each value times `1 / scale` (divided by the scale when that overflows),
+    /// rounded half to even, NaN to 0, clamped to `-63..=63`.
+    fn seven_bit_reference(scaled: &[f32]) -> (f32, Vec<i8>) {
+        let amax = scaled.iter().filter(|v| !v.is_nan()).fold(0.0f32, |amax, v| amax.max(v.abs()));
+        if amax == 0.0 {
+            return (0.0, vec![0; scaled.len()]);
+        }
+        let scale = (amax / 63.0).max(f32::from_bits(1));
+        let inverse = 1.0 / scale;
+        let quotient = |v: f32| if inverse.is_finite() { v * inverse } else { v / scale };
+        let values = scaled.iter().map(|&v| quotient(v).round_ties_even().clamp(-63.0, 63.0) as i8).collect();
+        (scale, values)
+    }
+
+    /// The 7-bit quantizer of every kernel against the formula, with and without a per-channel
+    /// input scale.
+    fn check_seven_bits(x: &[f32], dst_offset: usize, factors: &[f32]) -> Result<(), TestCaseError> {
+        let input_scale: Vec<f32> = (0..x.len()).map(|i| factors[i % factors.len()]).collect();
+        for input_scale in [None, Some(&input_scale[..])] {
+            let scaled: Vec<f32> = match input_scale {
+                Some(input_scale) => x.iter().zip(input_scale).map(|(v, s)| v * s).collect(),
+                None => x.to_vec(),
+            };
+            let (expected_scale, expected) = seven_bit_reference(&scaled);
+            let kernels = Isa::supported()
+                .into_iter()
+                .filter_map(|isa| Some((isa.name(), linear::quantize_activations_i7_kernel(isa)?)));
+            let kernels =
+                kernels.chain([("dispatched", linear::quantize_activations_i7 as linear::SevenBitActivationQuantizer)]);
+            for (name, quantize) in kernels {
+                let mut actual = vec![99i8; dst_offset + x.len() + 3];
+                let scale = quantize(x, input_scale, &mut actual[dst_offset..dst_offset + x.len()]);
+                check_output(name, x, (scale, expected_scale), &actual, dst_offset, &expected, 99)?;
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn seven_bit_kernels_match_the_formula(
+            (buffer, offset, dst_offset) in row(any_value()),
+            factors in vec(prop_oneof![4 => 0.01f32..100.0, 1 => Just(0.0f32), 1 => Just(f32::INFINITY)], 1..7),
+        ) {
+            check_seven_bits(&buffer[offset..], dst_offset, &factors)?;
+        }
 
         #[test]
         fn kernels_match_scalar_on_finite_input((buffer, offset, dst_offset) in row(finite_value())) {
@@ -579,6 +626,8 @@ mod activations_match_scalar {
                 std::panic::catch_unwind(|| quantize(&[1.0; 33], Some(&[1.0; 32]), &mut [0; 33])).is_err(),
                 "{isa:?}"
             );
+            let quantize = linear::quantize_activations_i7_kernel(isa).expect("a supported isa has a kernel");
+            assert!(std::panic::catch_unwind(|| quantize(&[1.0; 33], None, &mut [0; 32])).is_err(), "{isa:?}");
         }
     }
 }

@@ -19,6 +19,8 @@ use crate::{Error, Result};
 pub const DEFAULT_SUITE: &[&str] = &[
     "name = \"f16\"\n[[steps]]\nstep = \"quantize\"\nscheme = \"f16\"\n",
     "name = \"int8-channel w8a8\"\n[[steps]]\nstep = \"quantize\"\nscheme = \"int8-channel\"\nsmooth = 0.5\nsamples = 128\n",
+    "name = \"int8-channel w8a7\"\n[[steps]]\nstep = \"quantize\"\nscheme = \"int8-channel\"\nactivations = \"int7\"\nsmooth = 0.5\n\
+     samples = 128\n",
     "name = \"int8-channel weight-only\"\n[[steps]]\nstep = \"quantize\"\nscheme = \"int8-channel\"\nactivations = \"f32\"\n",
     "name = \"q8_0\"\n[[steps]]\nstep = \"quantize\"\nscheme = \"q8_0\"\n",
     "name = \"q4_0\"\n[[steps]]\nstep = \"quantize\"\nscheme = \"q4_0\"\n",

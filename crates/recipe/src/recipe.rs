@@ -156,7 +156,7 @@ pub enum Step {
         /// `--method rtn|gptq`.
         #[serde(default)]
         method: Option<String>,
-        /// `--activations int8|f32`.
+        /// `--activations int8|int7|f32`.
         #[serde(default)]
         activations: Option<String>,
         /// `--smooth ALPHA`.
@@ -259,7 +259,9 @@ impl Step {
         {
             return Err(bad("smooth", format!("{alpha}: alpha must be in [0, 1]")));
         }
-        Ok((QuantizeOptions { scheme, method, activations, keep_f32 }, *smooth))
+        let options = QuantizeOptions { scheme, method, activations, keep_f32 };
+        options.check()?;
+        Ok((options, *smooth))
     }
 
     /// The step in a few words, for reports: `prune wanda 2:4`, `quantize int8-channel gptq`.
@@ -302,8 +304,10 @@ impl Step {
             Step::Quantize { scheme, method, activations, smooth, keep_f32, .. } => {
                 let mut words =
                     vec!["quantize".to_owned(), scheme.clone(), method.clone().unwrap_or_else(|| "rtn".into())];
-                if activations.as_deref() == Some("f32") {
-                    words.push("weight-only".into());
+                match activations.as_deref() {
+                    Some("f32") => words.push("weight-only".into()),
+                    Some("int7") => words.push("int7 activations".into()),
+                    _ => {}
                 }
                 if let Some(alpha) = smooth {
                     words.push(format!("smooth {alpha}"));

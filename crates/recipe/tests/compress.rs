@@ -130,6 +130,43 @@ fn ggml_and_w8a8_folders_load_onto_the_integer_kernels() {
 }
 
 #[test]
+fn seven_bit_activation_folders_load_onto_the_maddubs_kernel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = Source::open(tiny_bert(tmp.path())).unwrap();
+    let out = tmp.path().join("w8a7");
+    let mut options = QuantizeOptions::new("int8-channel".parse().unwrap());
+    options.activations = ActivationMode::Int7;
+    compress::quantize(&source, &out, &options).unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&fs::read(out.join("config.json")).unwrap()).unwrap();
+    let group = &config["quantization_config"]["config_groups"]["group_0"];
+    assert_eq!(group["input_activations"]["num_bits"], 7, "{group}");
+    let seven = BertModel::open(&out).unwrap();
+    let kind = LinearKind::QuantizedSevenBit("int8-channel".parse().unwrap());
+    assert!(seven.linears().all(|(.., linear)| linear.kind() == kind));
+    assert_eq!(seven.linear(0, Role::Query).unwrap().kind().to_string(), "int8-channel (7-bit activations)");
+
+    // The same weights with int8 activations: the hidden states differ a little, not much.
+    let eight_dir = tmp.path().join("w8a8");
+    compress::quantize(&source, &eight_dir, &QuantizeOptions::new("int8-channel".parse().unwrap())).unwrap();
+    let eight = BertModel::open(&eight_dir).unwrap();
+    let batch = lathe_model::Batch::pad(&[vec![1u32, 5, 9, 3, 7, 2]], 0);
+    let (a, b) = (seven.forward(&batch).unwrap(), eight.forward(&batch).unwrap());
+    let worst = a.states().iter().zip(b.states()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(worst > 0.0 && worst < 0.2, "7-bit against 8-bit activations: worst difference {worst}");
+
+    // 7-bit activations need an integer scheme; a config asking for 6 bits is an error.
+    let mut ggml = QuantizeOptions::new("q8_0".parse().unwrap());
+    ggml.activations = ActivationMode::Int7;
+    let err = compress::quantize(&source, &tmp.path().join("q"), &ggml).unwrap_err();
+    assert!(err.to_string().contains("int7 needs an integer scheme"), "{err}");
+    assert!(!tmp.path().join("q").exists());
+    let text = fs::read_to_string(out.join("config.json")).unwrap().replace("\"num_bits\": 7", "\"num_bits\": 6");
+    fs::write(out.join("config.json"), text).unwrap();
+    let Err(err) = BertModel::open(&out) else { panic!("6-bit activations loaded") };
+    assert!(err.to_string().contains("dynamic symmetric int8 (or 7-bit) per token"), "{err}");
+}
+
+#[test]
 fn pruning_and_shrinking_write_loadable_folders() {
     let tmp = tempfile::tempdir().unwrap();
     let source = Source::open(tiny_bert(tmp.path())).unwrap();

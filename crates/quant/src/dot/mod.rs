@@ -57,15 +57,26 @@ pub const PANEL_ROWS: usize = 16;
 /// Bytes of one column pair of a panel: two columns of [`PANEL_ROWS`] weights.
 pub const PANEL_PAIR_BYTES: usize = 2 * PANEL_ROWS;
 
-/// The layout of int8 weights packed for [`gemm_i8_i16_f32`].
+/// Bytes of one column quad of a panel of the 7-bit activation kernel ([`gemm_u8_i8_f32`]):
+/// four columns of [`PANEL_ROWS`] weights.
+pub const PANEL_QUAD_BYTES: usize = 4 * PANEL_ROWS;
+
+/// The largest activation magnitude [`gemm_u8_i8_f32`] takes exactly: each pair of products
+/// `u0 * a0 + u1 * a1` of weight bytes (at most 255) and activations stays within the i16 that
+/// `maddubs` sums it in (`2 * 255 * 64 = 32640`).
+pub const QUAD_MAX_ACTIVATION: i8 = 64;
+
+/// The layout of int8 weights packed for [`gemm_i8_i16_f32`] (or [`gemm_u8_i8_f32`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PanelShape {
     /// Output rows; the weights hold `rows.div_ceil(PANEL_ROWS)` panels, the last one padded
     /// with rows of zeros.
     pub rows: usize,
-    /// Columns of every row (and every token), even: each group padded to an even length.
+    /// Columns of every row (and every token), even (a multiple of four for
+    /// [`gemm_u8_i8_f32`]): each group padded to that length.
     pub cols: usize,
-    /// Columns of a group of weights sharing a scale: even, non-zero, a divisor of `cols`.
+    /// Columns of a group of weights sharing a scale: even (a multiple of four for
+    /// [`gemm_u8_i8_f32`]), non-zero, a divisor of `cols`.
     pub group_len: usize,
 }
 
@@ -97,6 +108,10 @@ pub struct PanelOutput<'a> {
 /// f32 (see [`gemm_i8_i16_f32`]).
 pub type I8PanelKernel = fn(&[i8], PanelShape, &[i16], PanelScales<'_>, PanelOutput<'_>);
 
+/// The 7-bit activation GEMM's kernel: packed weight bytes times every token's int8 activations
+/// (in `-64..=64`), scaled to f32 (see [`gemm_u8_i8_f32`]).
+pub type U8PanelKernel = fn(&[u8], PanelShape, &[i8], PanelScales<'_>, PanelOutput<'_>);
+
 /// The dot-product kernels of one instruction set. Every kernel panics when its operands differ
 /// in length; otherwise all agree with the scalar ones as the [module docs](self) state.
 #[derive(Debug, Clone, Copy)]
@@ -115,6 +130,7 @@ pub struct DotKernels {
     pub i8_i8_x4: fn([&[i8]; 4], &[i8]) -> [i32; 4],
     pub i8_i8_4x2: I8Tile,
     pub i8_i16_f32_panel: I8PanelKernel,
+    pub u8_i8_f32_panel: U8PanelKernel,
 }
 
 const SCALAR: DotKernels = DotKernels {
@@ -131,6 +147,7 @@ const SCALAR: DotKernels = DotKernels {
     i8_i8_x4: scalar::dot_i8_i8_x4,
     i8_i8_4x2: scalar::dot_i8_i8_4x2,
     i8_i16_f32_panel: scalar::gemm_i8_i16_f32,
+    u8_i8_f32_panel: scalar::gemm_u8_i8_f32,
 };
 
 /// The kernels of `isa`, or `None` when this CPU cannot run them.
@@ -150,29 +167,28 @@ fn dispatched() -> &'static DotKernels {
     DISPATCHED.get_or_init(|| kernels(crate::isa::active()).unwrap_or(&SCALAR))
 }
 
-/// The shape check of [`gemm_i8_i16_f32`]; gives the number of panels, of tokens and of groups.
+/// The shape check of [`gemm_i8_i16_f32`] (whose panels hold column pairs: `step` 2) and
+/// [`gemm_u8_i8_f32`] (column quads: `step` 4), given the lengths of the panels and of the
+/// activations; gives the number of panels, of tokens and of groups.
 #[track_caller]
 pub(crate) fn assert_panel_shape(
-    panels: &[i8],
+    panel_bytes: usize,
+    step: usize,
     shape: PanelShape,
-    tokens: &[i16],
+    n_activations: usize,
     scales: &PanelScales<'_>,
     out: &PanelOutput<'_>,
 ) -> (usize, usize, usize) {
     let PanelShape { rows, cols, group_len } = shape;
-    assert!(cols % 2 == 0, "{cols} columns are not whole pairs");
-    assert!(group_len > 0 && group_len % 2 == 0, "groups of {group_len} columns are not whole pairs");
+    assert!(cols % step == 0, "{cols} columns are not whole steps of {step}");
+    assert!(group_len > 0 && group_len % step == 0, "groups of {group_len} columns are not whole steps of {step}");
     let n_groups = cols / group_len;
     assert!(n_groups * group_len == cols, "groups of {group_len} columns do not cover {cols}");
     let n_panels = rows.div_ceil(PANEL_ROWS);
-    let expected = n_panels * cols / 2 * PANEL_PAIR_BYTES;
-    assert!(
-        panels.len() == expected,
-        "{} bytes of panels for {rows} rows of {cols} (expected {expected})",
-        panels.len()
-    );
+    let expected = n_panels * cols * PANEL_ROWS;
+    assert!(panel_bytes == expected, "{panel_bytes} bytes of panels for {rows} rows of {cols} (expected {expected})");
     let n_tokens = scales.token_scales.len();
-    assert!(tokens.len() == n_tokens * cols, "{} activations are not {n_tokens} tokens of {cols}", tokens.len());
+    assert!(n_activations == n_tokens * cols, "{n_activations} activations are not {n_tokens} tokens of {cols}");
     let n_tables = n_panels * n_groups;
     assert!(
         scales.weight_scales.len() == n_tables,
@@ -206,6 +222,12 @@ pub(crate) fn assert_panel_shape(
 #[inline]
 pub(crate) fn panel_index(row: usize, col: usize) -> usize {
     col / 2 * PANEL_PAIR_BYTES + row / 8 * 16 + row % 8 * 2 + col % 2
+}
+
+/// Weight `(row, col)` of a panel packed by column quads (see [`gemm_u8_i8_f32`]).
+#[inline]
+pub(crate) fn quad_panel_index(row: usize, col: usize) -> usize {
+    col / 4 * PANEL_QUAD_BYTES + row / 8 * 32 + row % 8 * 4 + col % 4
 }
 
 /// The length check every kernel starts with.
@@ -294,6 +316,29 @@ pub fn gemm_i8_i16_f32(
     out: PanelOutput<'_>,
 ) {
     (dispatched().i8_i16_f32_panel)(panels, shape, tokens, scales, out)
+}
+
+/// The 7-bit activation GEMM's kernel: weight bytes `u` (unsigned, 0..=255) packed in panels of
+/// [`PANEL_ROWS`] rows times every token's int8 activations `a`, scaled to f32 and written to
+/// `out`, as [`gemm_i8_i16_f32`] does with its integer sums (zero points, scales, bias and the
+/// f32 operation order are the same; a caller stores int8 weights `q` as `u = q + 128` and gives
+/// zero points `z + 128`, so that `sum(u * a) - (z + 128) * sum(a) = sum((q - z) * a)`).
+///
+/// The integer sum of a group is the wrapping i32 sum, over its column pairs `(c, c + 1)`
+/// (`c` even), of `u[c] * a[c] + u[c + 1] * a[c + 1]` saturated to i16 (what `maddubs`
+/// computes): exact, with no saturation, when every activation lies in `-64..=64`
+/// ([`QUAD_MAX_ACTIVATION`]), which is why lathe quantizes these activations to 7 bits
+/// (`-63..=63`). Identical on every path for every input.
+///
+/// Each panel holds `cols / 4` column quads of [`PANEL_QUAD_BYTES`]: weight `(r, c)` of a panel
+/// is its byte `c / 4 * 64 + r / 8 * 32 + r % 8 * 4 + c % 4`, that is, per column quad, rows
+/// 0..8 then rows 8..16, each row's four weights side by side (one i32 lane a row, which a
+/// broadcast quad of activations multiplies).
+///
+/// # Panics
+/// As [`gemm_i8_i16_f32`], with the columns and group length multiples of four.
+pub fn gemm_u8_i8_f32(panels: &[u8], shape: PanelShape, tokens: &[i8], scales: PanelScales<'_>, out: PanelOutput<'_>) {
+    (dispatched().u8_i8_f32_panel)(panels, shape, tokens, scales, out)
 }
 
 #[cfg(test)]
@@ -476,32 +521,10 @@ mod tests {
         /// The outputs by the formula of [`gemm_i8_i16_f32`], with the integer sums taken exactly
         /// in i64 and then wrapped, and `NAN_PATTERN` wherever nothing is written.
         fn expected(&self) -> Vec<u32> {
-            let n_groups = self.len / self.group_len;
-            let mut out = vec![NAN_PATTERN; self.out_len()];
-            for (t, &token_scale) in self.token_scales.iter().enumerate() {
-                for (r, row) in self.rows.iter().enumerate() {
-                    let mut acc = 0.0f32;
-                    for g in 0..n_groups {
-                        let table = r / PANEL_ROWS * n_groups + g;
-                        let span = g * self.group_len..(g + 1) * self.group_len;
-                        let exact: i64 =
-                            span.map(|c| i64::from(row[c]) * i64::from(self.tokens[t * self.len + c])).sum();
-                        let mut integer = exact as i32;
-                        if let Some((zero_points, sums)) = &self.zero_points {
-                            let offset =
-                                i64::from(zero_points[table][r % PANEL_ROWS]) * i64::from(sums[t * n_groups + g]);
-                            integer = (i64::from(integer) - offset) as i32;
-                        }
-                        acc += self.weight_scales[table][r % PANEL_ROWS] * integer as f32;
-                    }
-                    let mut value = acc * token_scale;
-                    if let Some(bias) = &self.bias {
-                        value += bias[r];
-                    }
-                    out[t * self.stride + r] = value.to_bits();
-                }
-            }
-            out
+            expected_outputs(&self.scales(), self.rows.len(), self.len / self.group_len, self.stride, |t, r, g| {
+                let span = g * self.group_len..(g + 1) * self.group_len;
+                span.map(|c| i64::from(self.rows[r][c]) * i64::from(self.tokens[t * self.len + c])).sum::<i64>() as i32
+            })
         }
 
         fn out_len(&self) -> usize {
@@ -512,6 +535,97 @@ mod tests {
 
     /// What the outputs hold before the kernel runs: a NaN no kernel computes.
     const NAN_PATTERN: u32 = 0x7fc0_1234;
+
+    /// The f32 steps of the panel kernels' formula for every token and row, from each group's
+    /// integer sum `integer(token, row, group)`; `NAN_PATTERN` wherever nothing is written.
+    fn expected_outputs(
+        scales: &PanelScales<'_>,
+        n_rows: usize,
+        n_groups: usize,
+        stride: usize,
+        integer: impl Fn(usize, usize, usize) -> i32,
+    ) -> Vec<u32> {
+        let mut out = vec![NAN_PATTERN; scales.token_scales.len() * stride + 3];
+        for (t, &token_scale) in scales.token_scales.iter().enumerate() {
+            for r in 0..n_rows {
+                let mut acc = 0.0f32;
+                for g in 0..n_groups {
+                    let table = r / PANEL_ROWS * n_groups + g;
+                    let mut integer = integer(t, r, g);
+                    if let Some((zero_points, sums)) = scales.zero_points {
+                        let offset = i64::from(zero_points[table][r % PANEL_ROWS]) * i64::from(sums[t * n_groups + g]);
+                        integer = (i64::from(integer) - offset) as i32;
+                    }
+                    acc += scales.weight_scales[table][r % PANEL_ROWS] * integer as f32;
+                }
+                let mut value = acc * token_scale;
+                if let Some(bias) = scales.bias {
+                    value += bias[r];
+                }
+                out[t * stride + r] = value.to_bits();
+            }
+        }
+        out
+    }
+
+    /// One case of the 7-bit activation kernel: the int8 case's weights as bytes and its tokens
+    /// as i8, mostly within `-64..=64` (exact), sometimes anywhere (saturating pairs).
+    #[derive(Debug, Clone)]
+    struct QuadCase {
+        common: PanelCase,
+        weights: Vec<Vec<u8>>,
+        tokens: Vec<i8>,
+    }
+
+    impl QuadCase {
+        /// The formula of [`gemm_u8_i8_f32`]: each column pair's products saturated to i16,
+        /// summed in i64 and wrapped.
+        fn expected(&self) -> Vec<u32> {
+            let case = &self.common;
+            expected_outputs(&case.scales(), self.weights.len(), case.len / case.group_len, case.stride, |t, r, g| {
+                let product = |c: usize| i64::from(self.weights[r][c]) * i64::from(self.tokens[t * case.len + c]);
+                let pairs = (g * case.group_len..(g + 1) * case.group_len).step_by(2);
+                pairs.map(|c| (product(c) + product(c + 1)).clamp(-32768, 32767)).sum::<i64>() as i32
+            })
+        }
+    }
+
+    /// Quad cases: the panel cases with groups of an even number of pairs.
+    fn quad_case() -> impl Strategy<Value = QuadCase> {
+        (panel_case(), any::<bool>()).prop_filter("whole quads", |(case, _)| case.group_len % 4 == 0).prop_flat_map(
+            |(common, anywhere)| {
+                let n_weights = common.rows.len() * common.len;
+                let token = if anywhere { (-128i8..=127).boxed() } else { (-64i8..=64).boxed() };
+                let (n_rows, cols) = (common.rows.len(), common.len);
+                (vec(any::<u8>(), n_weights), vec(token, common.tokens.len())).prop_map(move |(weights, tokens)| {
+                    let weights = (0..n_rows).map(|r| weights[r * cols..(r + 1) * cols].to_vec()).collect();
+                    QuadCase { common: common.clone(), weights, tokens }
+                })
+            },
+        )
+    }
+
+    /// Checks every table's 7-bit activation kernel bit for bit against the formula, and that
+    /// nothing outside the outputs' rows is written.
+    fn check_quad_panels(case: &QuadCase) -> Result<(), TestCaseError> {
+        let common = &case.common;
+        let panel_len = common.len * PANEL_ROWS;
+        let mut panels = vec![0u8; case.weights.len().div_ceil(PANEL_ROWS) * panel_len];
+        for (r, row) in case.weights.iter().enumerate() {
+            for (c, &w) in row.iter().enumerate() {
+                panels[r / PANEL_ROWS * panel_len + quad_panel_index(r % PANEL_ROWS, c)] = w;
+            }
+        }
+        let expected = case.expected();
+        for table in tables() {
+            let mut out: Vec<f32> = vec![f32::from_bits(NAN_PATTERN); expected.len()];
+            let output = PanelOutput { values: &mut out, stride: common.stride };
+            (table.u8_i8_f32_panel)(&panels, common.shape(), &case.tokens, common.scales(), output);
+            let found: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+            prop_assert_eq!(&found, &expected, "{}", table.isa.name());
+        }
+        Ok(())
+    }
 
     /// Finite scales with the extremes (zero, both signs, tiny and huge); the f32 steps are
     /// compared bit for bit, overflow and NaN included.
@@ -703,6 +817,11 @@ mod tests {
         #[test]
         fn i8_i16_f32_panel_matches_the_formula(case in panel_case()) {
             check_panels(&case)?;
+        }
+
+        #[test]
+        fn u8_i8_f32_panel_matches_the_formula(case in quad_case()) {
+            check_quad_panels(&case)?;
         }
 
         #[test]

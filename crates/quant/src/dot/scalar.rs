@@ -6,7 +6,7 @@ use crate::ggml::{
     BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x4, BlockQ8_1, Interleaved, QK,
 };
 
-use super::{PANEL_PAIR_BYTES, PANEL_ROWS, PanelOutput, PanelScales, PanelShape, assert_same_len, panel_index};
+use super::{PANEL_ROWS, PanelOutput, PanelScales, PanelShape, assert_same_len, panel_index, quad_panel_index};
 
 /// The signed weights of a Q4_0 block, `nibble - 8`: byte `j` holds element `j` in its low
 /// nibble and element `j + 16` in its high one.
@@ -200,20 +200,59 @@ pub fn gemm_i8_i16_f32(
     scales: PanelScales<'_>,
     out: PanelOutput<'_>,
 ) {
-    let (_, n_tokens, n_groups) = super::assert_panel_shape(panels, shape, tokens, &scales, &out);
-    let PanelShape { rows, cols, group_len } = shape;
-    let panel_len = cols / 2 * PANEL_PAIR_BYTES;
-    for t in 0..n_tokens {
+    let (_, n_tokens, n_groups) = super::assert_panel_shape(panels.len(), 2, shape, tokens.len(), &scales, &out);
+    let PanelShape { cols, group_len, .. } = shape;
+    let panel_len = cols * PANEL_ROWS;
+    let integer = |t: usize, row: usize, group: usize| {
+        let (panel, r) = (row / PANEL_ROWS, row % PANEL_ROWS);
+        let weights = &panels[panel * panel_len..(panel + 1) * panel_len];
         let token = &tokens[t * cols..(t + 1) * cols];
-        for row in 0..rows {
+        (group * group_len..(group + 1) * group_len)
+            .fold(0i32, |sum, col| sum.wrapping_add(i32::from(weights[panel_index(r, col)]) * i32::from(token[col])))
+    };
+    panel_outputs(shape, n_tokens, n_groups, &scales, out, integer);
+}
+
+/// The 7-bit activation GEMM's kernel, one output at a time in the order the
+/// [dispatched kernel's](super::gemm_u8_i8_f32) docs give, saturating each column pair's sum to
+/// i16 as they say.
+///
+/// # Panics
+/// As [`super::gemm_u8_i8_f32`].
+pub fn gemm_u8_i8_f32(panels: &[u8], shape: PanelShape, tokens: &[i8], scales: PanelScales<'_>, out: PanelOutput<'_>) {
+    let (_, n_tokens, n_groups) = super::assert_panel_shape(panels.len(), 4, shape, tokens.len(), &scales, &out);
+    let PanelShape { cols, group_len, .. } = shape;
+    let panel_len = cols * PANEL_ROWS;
+    let integer = |t: usize, row: usize, group: usize| {
+        let (panel, r) = (row / PANEL_ROWS, row % PANEL_ROWS);
+        let weights = &panels[panel * panel_len..(panel + 1) * panel_len];
+        let token = &tokens[t * cols..(t + 1) * cols];
+        let product = |col: usize| i32::from(weights[quad_panel_index(r, col)]) * i32::from(token[col]);
+        (group * group_len..(group + 1) * group_len).step_by(2).fold(0i32, |sum, col| {
+            let pair = (product(col) + product(col + 1)).clamp(i32::from(i16::MIN), i32::from(i16::MAX));
+            sum.wrapping_add(pair)
+        })
+    };
+    panel_outputs(shape, n_tokens, n_groups, &scales, out, integer);
+}
+
+/// The f32 steps both panel kernels share: for every token and row, each group's
+/// `integer(token, row, group)` less its zero point's share, scaled and summed in group order,
+/// times the token's scale, plus the bias.
+fn panel_outputs(
+    shape: PanelShape,
+    n_tokens: usize,
+    n_groups: usize,
+    scales: &PanelScales<'_>,
+    out: PanelOutput<'_>,
+    integer: impl Fn(usize, usize, usize) -> i32,
+) {
+    for t in 0..n_tokens {
+        for row in 0..shape.rows {
             let (panel, r) = (row / PANEL_ROWS, row % PANEL_ROWS);
-            let weights = &panels[panel * panel_len..(panel + 1) * panel_len];
             let mut acc = 0.0f32;
             for group in 0..n_groups {
-                let span = group * group_len..(group + 1) * group_len;
-                let mut integer = span.fold(0i32, |sum, col| {
-                    sum.wrapping_add(i32::from(weights[panel_index(r, col)]) * i32::from(token[col]))
-                });
+                let mut integer = integer(t, row, group);
                 let table = panel * n_groups + group;
                 if let Some((zero_points, activation_sums)) = scales.zero_points {
                     let offset = zero_points[table][r].wrapping_mul(activation_sums[t * n_groups + group]);

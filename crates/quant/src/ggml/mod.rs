@@ -106,3 +106,10 @@ pub(crate) fn avx2_activation_quantizer() -> Option<crate::linear::ActivationQua
 pub(crate) fn avx2_wide_activation_quantizer() -> Option<crate::linear::WideActivationQuantizer> {
     x86_64::avx2::wide_activation_quantizer()
 }
+
+/// The AVX2 kernel of [`crate::linear::quantize_activations_i7`], or `None` when this CPU cannot
+/// run it (the same kernel as the i16 one's, with 63 levels a side).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_seven_bit_activation_quantizer() -> Option<crate::linear::SevenBitActivationQuantizer> {
+    x86_64::avx2::seven_bit_activation_quantizer()
+}

@@ -234,6 +234,7 @@ pub fn quantize_calibrated(
     data: &CalibrationData,
 ) -> Result<PathBuf> {
     let start = Instant::now();
+    options.check()?;
     if source.is_quantized() {
         return Err(Error::AlreadyQuantized { folder: source.dir.clone() });
     }

@@ -52,15 +52,20 @@ pub enum ActivationMode {
     /// Quantized per token on the fly (int8 for integer schemes, Q8_0/Q8_1 blocks for GGML
     /// ones), so the product runs on integer kernels: the default.
     Int8,
+    /// Quantized per token to 7 bits (integer schemes only): the faster `maddubs` kernel of
+    /// lathe-quant, at twice the activations' rounding error (written as compressed-tensors
+    /// `input_activations` with `num_bits: 7`).
+    Int7,
     /// Kept in f32: weight-only quantization (less error, less speed).
     F32,
 }
 
 impl ActivationMode {
-    /// `int8` or `f32`.
+    /// `int8`, `int7` or `f32`.
     pub fn name(self) -> &'static str {
         match self {
             ActivationMode::Int8 => "int8",
+            ActivationMode::Int7 => "int7",
             ActivationMode::F32 => "f32",
         }
     }
@@ -72,10 +77,11 @@ impl std::str::FromStr for ActivationMode {
     fn from_str(text: &str) -> Result<ActivationMode> {
         match text {
             "int8" => Ok(ActivationMode::Int8),
+            "int7" => Ok(ActivationMode::Int7),
             "f32" => Ok(ActivationMode::F32),
             _ => Err(Error::BadOption {
                 option: "activations".into(),
-                message: format!("`{text}`: expected int8 or f32"),
+                message: format!("`{text}`: expected int8, int7 or f32"),
             }),
         }
     }
@@ -98,6 +104,18 @@ impl QuantizeOptions {
     /// RTN with int8 activations, every encoder linear quantized.
     pub fn new(scheme: Scheme) -> QuantizeOptions {
         QuantizeOptions { scheme, method: QuantizeMethod::Rtn, activations: ActivationMode::Int8, keep_f32: Vec::new() }
+    }
+
+    /// Errors when the options do not go together: 7-bit activations with a GGML or float
+    /// scheme (whose activations follow the format).
+    pub fn check(&self) -> Result<()> {
+        if self.activations == ActivationMode::Int7 && !matches!(self.scheme, Scheme::Int(_)) {
+            return Err(Error::BadOption {
+                option: "activations".into(),
+                message: format!("int7 needs an integer scheme (int8-channel, int4-g128 ...), not {}", self.scheme),
+            });
+        }
+        Ok(())
     }
 
     fn to_json(&self) -> Value {
@@ -144,6 +162,7 @@ pub(crate) fn quantize_with(
     precomputed: Precomputed,
     start: Instant,
 ) -> Result<PathBuf> {
+    options.check()?;
     if source.is_quantized() {
         return Err(Error::AlreadyQuantized { folder: source.dir.clone() });
     }
@@ -256,10 +275,10 @@ fn quantization_config(source: &Source, targets: &HashMap<String, Scheme>, optio
             });
             let input_activations = match options.activations {
                 ActivationMode::F32 => Value::Null,
-                ActivationMode::Int8 => json!({
+                ActivationMode::Int8 | ActivationMode::Int7 => json!({
                     "dynamic": true,
                     "group_size": null,
-                    "num_bits": 8,
+                    "num_bits": if options.activations == ActivationMode::Int7 { 7 } else { 8 },
                     "strategy": "token",
                     "symmetric": true,
                     "type": "int",

@@ -51,7 +51,7 @@ use half::f16;
 
 use crate::Isa;
 use crate::ggml::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, Kernels, QK};
-use crate::linear::{ActivationQuantizer, WideActivationQuantizer};
+use crate::linear::{ActivationQuantizer, ActivationValue, SevenBitActivationQuantizer, WideActivationQuantizer};
 
 /// Blocks per quantizer iteration: one block per f32 lane.
 const GROUP: usize = 8;
@@ -122,9 +122,20 @@ pub(crate) fn wide_activation_quantizer() -> Option<WideActivationQuantizer> {
     fn entry(x: &[f32], input_scale: Option<&[f32]>, dst: &mut [i16]) -> f32 {
         // SAFETY: reachable only through the pointer returned below, only when
         // `Isa::Avx2.is_supported()` found AVX2, FMA and F16C on this CPU.
-        unsafe { quantize_activations_i16(x, input_scale, dst) }
+        unsafe { quantize_activations_scaled(x, input_scale, 127, dst) }
     }
     Isa::Avx2.is_supported().then_some(entry as WideActivationQuantizer)
+}
+
+/// The AVX2 [`crate::linear::quantize_activations_i7`], or `None` when this CPU lacks AVX2, FMA
+/// or F16C.
+pub(crate) fn seven_bit_activation_quantizer() -> Option<SevenBitActivationQuantizer> {
+    fn entry(x: &[f32], input_scale: Option<&[f32]>, dst: &mut [i8]) -> f32 {
+        // SAFETY: reachable only through the pointer returned below, only when
+        // `Isa::Avx2.is_supported()` found AVX2, FMA and F16C on this CPU.
+        unsafe { quantize_activations_scaled(x, input_scale, 63, dst) }
+    }
+    Isa::Avx2.is_supported().then_some(entry as SevenBitActivationQuantizer)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -932,7 +943,7 @@ fn quantize_activations_i8(x: &[f32], dst: &mut [i8]) -> f32 {
     let lanes: [f32; 8] = bytemuck::cast(acc);
     let amax = lanes.into_iter().fold(0.0f32, f32::max);
 
-    let scale = crate::linear::activation_scale(amax);
+    let scale = crate::linear::activation_scale(amax, 127.0);
     if scale == 0.0 {
         dst.fill(0);
         return 0.0;
@@ -951,12 +962,19 @@ fn quantize_activations_i8(x: &[f32], dst: &mut [i8]) -> f32 {
     scale
 }
 
-/// [`crate::linear::quantize_activations_i16`]: 16 values per step (two vectors, packed to i16
-/// together), the scaled values computed again in the second pass rather than stored (the same
-/// product gives the same bits), the last partial step by the scalar formulas.
+/// [`crate::linear::quantize_activations_i16`] (`qmax` 127, i16 values) and
+/// [`crate::linear::quantize_activations_i7`] (`qmax` 63, i8 values): 16 values per step (two
+/// vectors, packed to i16 together), the scaled values computed again in the second pass rather
+/// than stored (the same product gives the same bits), the last partial step by the scalar
+/// formulas.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn quantize_activations_i16(x: &[f32], input_scale: Option<&[f32]>, dst: &mut [i16]) -> f32 {
-    crate::linear::check_wide_lengths(x, input_scale, dst);
+fn quantize_activations_scaled<V: ActivationValue>(
+    x: &[f32],
+    input_scale: Option<&[f32]>,
+    qmax: i16,
+    dst: &mut [V],
+) -> f32 {
+    crate::linear::check_wide_lengths(x, input_scale, dst.len());
     const STEP: usize = 16;
     let body = x.len() / STEP * STEP;
     let scaled = |i: usize| -> __m256 {
@@ -979,9 +997,9 @@ fn quantize_activations_i16(x: &[f32], input_scale: Option<&[f32]>, dst: &mut [i
     }
     let lanes: [f32; 8] = bytemuck::cast(_mm256_max_ps(acc_low, acc_high));
     let amax = (body..x.len()).fold(lanes.into_iter().fold(0.0f32, f32::max), |amax, i| amax.max(value(i).abs()));
-    let scale = crate::linear::activation_scale(amax);
+    let scale = crate::linear::activation_scale(amax, f32::from(qmax));
     if scale == 0.0 {
-        dst.fill(0);
+        dst.fill(V::from_i8(0));
         return 0.0;
     }
     let (factor, multiply) = crate::linear::activation_factor(scale);
@@ -990,9 +1008,9 @@ fn quantize_activations_i16(x: &[f32], input_scale: Option<&[f32]>, dst: &mut [i
     // rounding is coarse), so converting with the default round-to-nearest-even gives the
     // rounded value; the one lane value it cannot give, NaN's `i32::MIN` (only from NaN or `inf *
     // 0`), saturates to `i16::MIN` in the pack and becomes 0 (`NaN as i8`) there. The clamp to
-    // -127..=127 is then done on i16 lanes, 16 at a time.
+    // -qmax..=qmax is then done on i16 lanes, 16 at a time.
     let nan_lanes = _mm256_set1_epi16(i16::MIN);
-    let (low, high) = (_mm256_set1_epi16(-127), _mm256_set1_epi16(127));
+    let (low, high) = (_mm256_set1_epi16(-qmax), _mm256_set1_epi16(qmax));
     let quantize = |v: __m256| _mm256_cvtps_epi32(activation_quotient(v, factor_vector, multiply));
     for i in (0..body).step_by(STEP) {
         // `packs` interleaves the two vectors' 128-bit halves; the permutation restores order.
@@ -1000,12 +1018,41 @@ fn quantize_activations_i16(x: &[f32], input_scale: Option<&[f32]>, dst: &mut [i
         let packed = _mm256_andnot_si256(_mm256_cmpeq_epi16(packed, nan_lanes), packed);
         let clamped = _mm256_min_epi16(high, _mm256_max_epi16(low, packed));
         let ordered = _mm256_permute4x64_epi64::<0b11_01_10_00>(clamped);
-        // SAFETY: `i + 16 <= body <= dst.len()`; the store is unaligned.
-        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), ordered) };
+        // SAFETY: `i + 16 <= body <= dst.len()`.
+        unsafe { V::store_16(dst.as_mut_ptr().add(i), ordered) };
     }
+    let qmax = f32::from(qmax);
     for (i, dst) in dst.iter_mut().enumerate().skip(body) {
         let quotient = crate::linear::activation_quotient(value(i), (factor, multiply));
-        *dst = i16::from(quotient.round_ties_even().clamp(-127.0, 127.0) as i8);
+        *dst = V::from_i8(quotient.round_ties_even().clamp(-qmax, qmax) as i8);
     }
     scale
+}
+
+impl ActivationValue for i16 {
+    fn from_i8(value: i8) -> i16 {
+        i16::from(value)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store_16(dst: *mut i16, values: __m256i) {
+        // SAFETY: the caller's 16 writable values; the store is unaligned.
+        unsafe { _mm256_storeu_si256(dst.cast(), values) }
+    }
+}
+
+impl ActivationValue for i8 {
+    fn from_i8(value: i8) -> i8 {
+        value
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store_16(dst: *mut i8, values: __m256i) {
+        // Every lane is within -127..=127, so the pack keeps it.
+        let bytes = _mm_packs_epi16(_mm256_castsi256_si128(values), _mm256_extracti128_si256::<1>(values));
+        // SAFETY: the caller's 16 writable values; the store is unaligned.
+        unsafe { _mm_storeu_si128(dst.cast(), bytes) }
+    }
 }
