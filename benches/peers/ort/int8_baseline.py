@@ -1,4 +1,4 @@
-"""ONNX Runtime's dynamic int8 beside its fp32, and lathe's W8A8 beside lathe's fp32, on this machine.
+"""ONNX Runtime's dynamic int8 beside its fp32, and lathe's int8 rows beside lathe's fp32, on this machine.
 
 What a user would pick instead of lathe's int8 row: export the BERT encoder to ONNX and run
 `onnxruntime.quantization.quantize_dynamic` (int8 weights per channel, activations quantized
@@ -12,7 +12,9 @@ spells fall on all of them:
     cargo build --release -p lathe-cli
     /tmp/ortenv/bin/python benches/peers/ort/int8_baseline.py \
         --model ~/.cache/lathe/models/all-MiniLM-L6-v2 \
-        --w8a8 target/lathe-report/models/int8-channel-w8a8 --lathe target/release/lathe
+        --int8 target/lathe-report/models/int8-channel-w8a8 --lathe target/release/lathe
+
+(`--int8` takes any lathe int8 folder: W8A8, or W8A7 from `lathe quantize --activations int7`.)
 
 Latency is the median of 5 timed encodings (after one warm-up) of the first 64 sentences of
 lathe's evaluation set, one sentence at a time (`single`) and in length-sorted batches of at most
@@ -208,7 +210,8 @@ def lathe_latency(lathe, model, reference, sentences_file, batch_size):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="the fp32 sentence-transformers folder")
-    parser.add_argument("--w8a8", required=True, help="lathe's int8-channel W8A8 folder of the same model")
+    parser.add_argument("--int8", "--w8a8", dest="int8", required=True,
+                        help="lathe's int8-channel folder of the same model (W8A8 or W8A7)")
     parser.add_argument("--lathe", required=True, help="the lathe binary")
     parser.add_argument("--rounds", type=int, default=3, help="windows of ORT then lathe timings")
     args = parser.parse_args()
@@ -259,11 +262,11 @@ def main():
                         times[name].append(time.perf_counter() - start)
             fp32_ms, int8_ms = (statistics.median(times[n]) * 1e3 for n in ("fp32", "int8"))
             results[f"ort {how}"].append((int8_ms, fp32_ms))
-            model_ms, reference_ms = lathe_latency(args.lathe, args.w8a8, args.model, subset_file,
+            model_ms, reference_ms = lathe_latency(args.lathe, args.int8, args.model, subset_file,
                                                    1 if how == "single" else MAX_BATCH)
             results[f"lathe {how}"].append((model_ms, reference_ms))
             print(f"round {round_ + 1} {how:7s}: ORT int8 {int8_ms:6.1f} ms / fp32 {fp32_ms:6.1f} ms = {fp32_ms / int8_ms:.2f}x"
-                  f" | lathe W8A8 {model_ms:6.1f} ms / fp32 {reference_ms:6.1f} ms = {reference_ms / model_ms:.2f}x",
+                  f" | lathe int8 {model_ms:6.1f} ms / fp32 {reference_ms:6.1f} ms = {reference_ms / model_ms:.2f}x",
                   flush=True)
     for key, pairs in results.items():
         ratios = sorted(fp32 / int8 for int8, fp32 in pairs)
