@@ -201,14 +201,10 @@ pub fn gemm_i8_i16_f32(
     out: PanelOutput<'_>,
 ) {
     let (_, n_tokens, n_groups) = super::assert_panel_shape(panels.len(), 2, shape, tokens.len(), &scales, &out);
-    let PanelShape { cols, group_len, .. } = shape;
-    let panel_len = cols * PANEL_ROWS;
     let integer = |t: usize, row: usize, group: usize| {
-        let (panel, r) = (row / PANEL_ROWS, row % PANEL_ROWS);
-        let weights = &panels[panel * panel_len..(panel + 1) * panel_len];
-        let token = &tokens[t * cols..(t + 1) * cols];
-        (group * group_len..(group + 1) * group_len)
-            .fold(0i32, |sum, col| sum.wrapping_add(i32::from(weights[panel_index(r, col)]) * i32::from(token[col])))
+        let (weights, token, columns) = operands(panels, shape, tokens, (t, row, group));
+        let r = row % PANEL_ROWS;
+        columns.fold(0i32, |sum, col| sum.wrapping_add(i32::from(weights[panel_index(r, col)]) * i32::from(token[col])))
     };
     panel_outputs(shape, n_tokens, n_groups, &scales, out, integer);
 }
@@ -221,19 +217,31 @@ pub fn gemm_i8_i16_f32(
 /// As [`super::gemm_u8_i8_f32`].
 pub fn gemm_u8_i8_f32(panels: &[u8], shape: PanelShape, tokens: &[i8], scales: PanelScales<'_>, out: PanelOutput<'_>) {
     let (_, n_tokens, n_groups) = super::assert_panel_shape(panels.len(), 4, shape, tokens.len(), &scales, &out);
-    let PanelShape { cols, group_len, .. } = shape;
-    let panel_len = cols * PANEL_ROWS;
     let integer = |t: usize, row: usize, group: usize| {
-        let (panel, r) = (row / PANEL_ROWS, row % PANEL_ROWS);
-        let weights = &panels[panel * panel_len..(panel + 1) * panel_len];
-        let token = &tokens[t * cols..(t + 1) * cols];
+        let (weights, token, columns) = operands(panels, shape, tokens, (t, row, group));
+        let r = row % PANEL_ROWS;
         let product = |col: usize| i32::from(weights[quad_panel_index(r, col)]) * i32::from(token[col]);
-        (group * group_len..(group + 1) * group_len).step_by(2).fold(0i32, |sum, col| {
+        columns.step_by(2).fold(0i32, |sum, col| {
             let pair = (product(col) + product(col + 1)).clamp(i32::from(i16::MIN), i32::from(i16::MAX));
             sum.wrapping_add(pair)
         })
     };
     panel_outputs(shape, n_tokens, n_groups, &scales, out, integer);
+}
+
+/// The panel of `row`, the activations of token `t` and the columns of `group`: what one
+/// integer sum of a panel kernel reads.
+fn operands<'a, W, E>(
+    panels: &'a [W],
+    shape: PanelShape,
+    tokens: &'a [E],
+    (t, row, group): (usize, usize, usize),
+) -> (&'a [W], &'a [E], std::ops::Range<usize>) {
+    let PanelShape { cols, group_len, .. } = shape;
+    let panel_len = cols * PANEL_ROWS;
+    let panel = row / PANEL_ROWS;
+    let columns = group * group_len..(group + 1) * group_len;
+    (&panels[panel * panel_len..(panel + 1) * panel_len], &tokens[t * cols..(t + 1) * cols], columns)
 }
 
 /// The f32 steps both panel kernels share: for every token and row, each group's

@@ -563,21 +563,9 @@ unsafe fn panel_tile<const T: usize>(
     out: &mut PanelOutput<'_>,
     tile: Tile,
 ) {
-    let PanelShape { rows, cols, group_len } = shape;
-    let Tile { first_row, first_token } = tile;
-    let (n_groups, pairs_per_group) = (cols / group_len, group_len / 2);
-    let panel = first_row / PANEL_ROWS;
-    let n_rows = PANEL_ROWS.min(rows - first_row);
-    let panel_ptr = panels[panel * cols / 2 * PANEL_PAIR_BYTES..].as_ptr();
-    // Opaque to the optimizer: seeing the tokens `cols` apart, it would keep one pointer and
-    // step it from token to token with an add per broadcast, which on Zen 3 leaves the loop
-    // bound by instruction dispatch (six per cycle) before `madd` and `add`; one register per
-    // token indexed by the pair takes no instruction at all.
-    let token_ptrs: [*const i16; T] =
-        std::hint::black_box(std::array::from_fn(|k| tokens[(first_token + k) * cols..].as_ptr()));
-    let tables = panel * n_groups..(panel + 1) * n_groups;
-    let weight_scales = &scales.weight_scales[tables.clone()];
-    let zero_points = scales.zero_points.map(|(zero_points, activation_sums)| (&zero_points[tables], activation_sums));
+    let TileParts { panel_ptr, token_ptrs, weight_scales, zero_points, n_rows } =
+        tile_parts::<_, _, T>(panels, shape, tokens, scales, tile);
+    let pairs_per_group = shape.group_len / 2;
     let zero = _mm256_setzero_si256();
     // Per token, the f32 outputs so far of rows 0..8 and 8..16.
     let mut values = [[_mm256_setzero_ps(); 2]; T];
@@ -606,9 +594,47 @@ unsafe fn panel_tile<const T: usize>(
                 }
             }
         }
-        scale_group(&mut values, low, high, group_scales, zero_points, (group, n_groups), first_token);
+        scale_group(&mut values, low, high, group_scales, zero_points, (group, weight_scales.len()), tile.first_token);
     }
     store_tile(values, scales, out, tile, n_rows);
+}
+
+/// Where a tile of either panel kernel reads: its panel's first weight, each token's first
+/// activation, the panel's scale and zero point tables (one entry a group), and how many of its
+/// sixteen rows are real.
+struct TileParts<'a, W, E, const T: usize> {
+    panel_ptr: *const W,
+    token_ptrs: [*const E; T],
+    weight_scales: &'a [[f32; PANEL_ROWS]],
+    zero_points: Option<(&'a [[i32; PANEL_ROWS]], &'a [i32])>,
+    n_rows: usize,
+}
+
+/// The [`TileParts`] of `tile` (both layouts hold `cols * PANEL_ROWS` bytes a panel).
+#[inline]
+fn tile_parts<'a, W, E, const T: usize>(
+    panels: &'a [W],
+    shape: PanelShape,
+    tokens: &'a [E],
+    scales: &PanelScales<'a>,
+    tile: Tile,
+) -> TileParts<'a, W, E, T> {
+    let PanelShape { rows, cols, group_len } = shape;
+    let Tile { first_row, first_token } = tile;
+    let n_groups = cols / group_len;
+    let panel = first_row / PANEL_ROWS;
+    let tables = panel * n_groups..(panel + 1) * n_groups;
+    TileParts {
+        panel_ptr: panels[panel * cols * PANEL_ROWS..].as_ptr(),
+        // Opaque to the optimizer: seeing the tokens `cols` apart, it would keep one pointer and
+        // step it from token to token with an add per broadcast, which on Zen 3 leaves the loop
+        // bound by instruction dispatch (six per cycle) before `madd` and `add`; one register
+        // per token indexed by the step takes no instruction at all.
+        token_ptrs: std::hint::black_box(std::array::from_fn(|k| tokens[(first_token + k) * cols..].as_ptr())),
+        weight_scales: &scales.weight_scales[tables.clone()],
+        zero_points: scales.zero_points.map(|(zero_points, activation_sums)| (&zero_points[tables], activation_sums)),
+        n_rows: PANEL_ROWS.min(rows - first_row),
+    }
 }
 
 /// One panel (sixteen rows) times the `T` tokens from `tile.first_token` of the 7-bit
@@ -633,18 +659,9 @@ unsafe fn quad_tile<const T: usize>(
     out: &mut PanelOutput<'_>,
     tile: Tile,
 ) {
-    let PanelShape { rows, cols, group_len } = shape;
-    let Tile { first_row, first_token } = tile;
-    let (n_groups, quads_per_group) = (cols / group_len, group_len / 4);
-    let panel = first_row / PANEL_ROWS;
-    let n_rows = PANEL_ROWS.min(rows - first_row);
-    let panel_ptr = panels[panel * cols / 4 * PANEL_QUAD_BYTES..].as_ptr();
-    // Opaque to the optimizer, as in `panel_tile`.
-    let token_ptrs: [*const i8; T] =
-        std::hint::black_box(std::array::from_fn(|k| tokens[(first_token + k) * cols..].as_ptr()));
-    let tables = panel * n_groups..(panel + 1) * n_groups;
-    let weight_scales = &scales.weight_scales[tables.clone()];
-    let zero_points = scales.zero_points.map(|(zero_points, activation_sums)| (&zero_points[tables], activation_sums));
+    let TileParts { panel_ptr, token_ptrs, weight_scales, zero_points, n_rows } =
+        tile_parts::<_, _, T>(panels, shape, tokens, scales, tile);
+    let quads_per_group = shape.group_len / 4;
     let zero = _mm256_setzero_si256();
     let ones = _mm256_set1_epi16(1);
     let mut values = [[_mm256_setzero_ps(); 2]; T];
@@ -671,7 +688,7 @@ unsafe fn quad_tile<const T: usize>(
                 }
             }
         }
-        scale_group(&mut values, low, high, group_scales, zero_points, (group, n_groups), first_token);
+        scale_group(&mut values, low, high, group_scales, zero_points, (group, weight_scales.len()), tile.first_token);
     }
     store_tile(values, scales, out, tile, n_rows);
 }
