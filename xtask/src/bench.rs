@@ -296,6 +296,7 @@ const GEMV_INT8_COLUMNS: &[(&str, &str)] = &[("dense", "dense f32"), ("lathe", "
 const QUANT_GEMM_COLUMNS: &[(&str, &str)] = &[
     ("dense", "dense f32"),
     ("lathe_int8-channel", "int8"),
+    ("lathe_int8-channel-a7", "int8 (7-bit act.)"),
     ("lathe_q8_0", "q8_0"),
     ("lathe_q4_0", "q4_0"),
     ("candle_q8_0", "candle q8_0"),
@@ -395,6 +396,11 @@ fn table_specs(selection: Selection) -> Vec<TableSpec> {
                     numerator: "lathe_int8-channel",
                     denominator: Denominator::Function("dense"),
                     header: "int8 / dense",
+                },
+                Ratio {
+                    numerator: "lathe_int8-channel-a7",
+                    denominator: Denominator::Function("lathe_int8-channel"),
+                    header: "7-bit / int8",
                 },
                 Ratio {
                     numerator: "lathe_q8_0",

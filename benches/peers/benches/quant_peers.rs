@@ -11,7 +11,8 @@
 //!   of quantized weights read per call.
 //! - `gemv_int8`: functions `dense` (f32 weights, `lathe_quant::dense`) and `lathe` (int8-channel
 //!   weights), parameter `hot` or `cold`; throughput in weights per call.
-//! - `quant_gemm`: functions `dense`, `lathe_int8-channel`, `lathe_q8_0`, `lathe_q4_0` and
+//! - `quant_gemm`: functions `dense`, `lathe_int8-channel`, `lathe_int8-channel-a7` (the same
+//!   weights with 7-bit activations, on the `maddubs` kernel), `lathe_q8_0`, `lathe_q4_0` and
 //!   `candle_q8_0`, parameter `{tokens}x{in}x{out}`; throughput in FLOPs.
 
 use std::hint::black_box;
@@ -23,7 +24,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput};
 use lathe_peers::{F32_INPUT_BYTES, L3_BYTES, byte_label, dot_f64, random_f32, relative_error};
 use lathe_quant::ggml::{self, scalar};
-use lathe_quant::{QuantizedMatrix, Scheme, dense};
+use lathe_quant::{ActivationBits, QuantizedMatrix, Scheme, dense};
 
 /// Elements per GGML block of the formats measured here.
 const BLOCK: usize = 32;
@@ -332,8 +333,13 @@ fn bench_bert_gemm(criterion: &mut Criterion) {
                     dense::linear(black_box(&x), tokens, black_box(&weights), out_features, in_features, None, &mut y)
                 })
             });
-            for scheme in ["int8-channel", "q8_0", "q4_0"] {
-                let matrix = QuantizedMatrix::quantize(&weights, out_features, in_features, scheme.parse().unwrap())
+            for scheme in ["int8-channel", "int8-channel-a7", "q8_0", "q4_0"] {
+                let (name, bits) = match scheme.strip_suffix("-a7") {
+                    Some(name) => (name, ActivationBits::Seven),
+                    None => (scheme, ActivationBits::Eight),
+                };
+                let matrix = QuantizedMatrix::quantize(&weights, out_features, in_features, name.parse().unwrap())
+                    .and_then(|matrix| matrix.with_activation_bits(bits))
                     .expect("lathe quantize failed");
                 matrix.gemm(&x, tokens, &mut y);
                 let error = relative_error(&y, &expected);
