@@ -666,7 +666,8 @@ impl ActivationBits {
     }
 }
 
-/// The element types the fused activation quantizers write: i16 (widened for `madd`) and i8.
+/// The element types the fused AVX2 activation quantizers write: i16 (widened for `madd`) and i8.
+#[cfg(target_arch = "x86_64")]
 pub(crate) trait ActivationValue: Copy {
     fn from_i8(value: i8) -> Self;
 
@@ -674,7 +675,6 @@ pub(crate) trait ActivationValue: Copy {
     ///
     /// # Safety
     /// `dst` must be valid for sixteen writes (AVX2 must be available).
-    #[cfg(target_arch = "x86_64")]
     unsafe fn store_16(dst: *mut Self, values: std::arch::x86_64::__m256i);
 }
 
