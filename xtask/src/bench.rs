@@ -785,6 +785,7 @@ mod tests {
             measurement("gemv_int8", "lathe", "cold", 1.0, Throughput::Elements(16)),
             measurement("quant_gemm", "dense", "128x384x384", 2.0, Throughput::Elements(100)),
             measurement("quant_gemm", "lathe_int8-channel", "128x384x384", 1.0, Throughput::Elements(100)),
+            measurement("quant_gemm", "lathe_int8-channel-a7", "128x384x384", 0.8, Throughput::Elements(100)),
         ];
         let text = report(Path::new("target/criterion"), &results, Selection::Quant);
         assert!(text.contains("| read | 256MiB | 20.0 |"), "{text}");
@@ -795,7 +796,7 @@ mod tests {
         assert!(small < large, "{text}");
         assert!(text.contains("| cold | 12.0 | - | - | 0.60 | - |"), "{text}");
         assert!(text.contains("| cold | 4.00 | 16.0 | 4.00 |"), "{text}");
-        assert!(text.contains("| 128x384x384 | 50.0 | 100 | - | - | - | 2.00 | - |"), "{text}");
+        assert!(text.contains("| 128x384x384 | 50.0 | 100 | 125 | - | - | - | 2.00 | 1.25 | - |"), "{text}");
         assert!(!text.contains("dense_gemm"), "the gemm table belongs to the gemm selection: {text}");
         assert!(!text.contains("quantize_q4_1"), "tables without results are left out: {text}");
     }
