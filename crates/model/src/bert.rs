@@ -471,13 +471,7 @@ impl BertModel {
                     }
                 };
                 match stored.load(checkpoint, &spec.weight, spec.out_features, spec.in_features)? {
-                    Some((matrix, Inputs::Quantized(bits))) => {
-                        let matrix = matrix.with_activation_bits(bits).map_err(|error| Error::Invalid {
-                            file: checkpoint_file.clone(),
-                            message: format!("tensor `{}`: {error}", spec.weight),
-                        })?;
-                        smoothing(Linear::quantized(matrix, bias))
-                    }
+                    Some((matrix, Inputs::Quantized(_))) => smoothing(Linear::quantized(matrix, bias)),
                     Some((matrix, Inputs::F32)) => smoothing(Linear::weight_only(matrix, bias)),
                     None => {
                         let weights = load(&spec.weight)?;

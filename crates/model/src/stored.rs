@@ -196,8 +196,9 @@ impl Stored {
         Ok(Some(view.to_f32()?))
     }
 
-    /// The quantized weights of the linear whose weight is `name` (`[rows, cols]`), and what it
-    /// does with its inputs; `None` when the weight is stored as plain floats.
+    /// The quantized weights of the linear whose weight is `name` (`[rows, cols]`), set to quantize
+    /// its activations with the bits the config names, and what it does with its inputs; `None`
+    /// when the weight is stored as plain floats.
     pub(crate) fn load(
         &self,
         checkpoint: &Checkpoint,
@@ -210,10 +211,16 @@ impl Stored {
             file: checkpoint.file_of(name).to_path_buf(),
             message: format!("tensor `{name}`: {source}"),
         };
+        // The matrix set up for its inputs: quantized activations of the bits the config names.
+        let ready = |matrix: QuantizedMatrix| match inputs {
+            Inputs::Quantized(bits) => {
+                matrix.with_activation_bits(bits).map(|matrix| Some((matrix, inputs))).map_err(context)
+            }
+            Inputs::F32 => Ok(Some((matrix, inputs))),
+        };
         if let Some(&scheme) = self.ggml.get(name) {
             let view = checkpoint.tensor(name)?;
-            let matrix = QuantizedMatrix::from_bytes(scheme, rows, cols, view.bytes()).map_err(context)?;
-            return Ok(Some((matrix, inputs)));
+            return ready(QuantizedMatrix::from_bytes(scheme, rows, cols, view.bytes()).map_err(context)?);
         }
         let (Some(scheme), Some(module)) = (self.int, name.strip_suffix(".weight")) else {
             return Ok(None);
@@ -255,8 +262,7 @@ impl Stored {
             weight_scale: scale,
             weight_zero_point,
         };
-        let matrix = IntMatrix::from_pack_quantized(&packed).map_err(context)?;
-        Ok(Some((QuantizedMatrix::from_int(matrix), inputs)))
+        ready(QuantizedMatrix::from_int(IntMatrix::from_pack_quantized(&packed).map_err(context)?))
     }
 }
 

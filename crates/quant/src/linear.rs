@@ -668,9 +668,7 @@ impl ActivationBits {
 
 /// The element types the fused AVX2 activation quantizers write: i16 (widened for `madd`) and i8.
 #[cfg(target_arch = "x86_64")]
-pub(crate) trait ActivationValue: Copy {
-    fn from_i8(value: i8) -> Self;
-
+pub(crate) trait ActivationValue: Copy + From<i8> {
     /// Stores sixteen i16 lanes, each within `-127..=127`, as sixteen values from `dst`.
     ///
     /// # Safety
@@ -689,34 +687,28 @@ pub(crate) fn check_wide_lengths(x: &[f32], input_scale: Option<&[f32]>, dst_len
 
 /// The portable reference of [`quantize_activations_i16`].
 fn quantize_activations_i16_scalar(x: &[f32], input_scale: Option<&[f32]>, dst: &mut [i16]) -> f32 {
-    quantize_scaled_scalar(x, input_scale, 127, dst, i16::from)
+    quantize_scaled_scalar(x, input_scale, 127, dst)
 }
 
 /// The portable reference of [`quantize_activations_i7`].
 fn quantize_activations_i7_scalar(x: &[f32], input_scale: Option<&[f32]>, dst: &mut [i8]) -> f32 {
-    quantize_scaled_scalar(x, input_scale, 63, dst, |value| value)
+    quantize_scaled_scalar(x, input_scale, 63, dst)
 }
 
 /// `x` scaled per channel, quantized to `-qmax..=qmax` with `scale = amax / qmax`.
-fn quantize_scaled_scalar<V: Copy>(
-    x: &[f32],
-    input_scale: Option<&[f32]>,
-    qmax: i8,
-    dst: &mut [V],
-    from_i8: fn(i8) -> V,
-) -> f32 {
+fn quantize_scaled_scalar<V: Copy + From<i8>>(x: &[f32], input_scale: Option<&[f32]>, qmax: i8, dst: &mut [V]) -> f32 {
     check_wide_lengths(x, input_scale, dst.len());
     let value = |i: usize| input_scale.map_or(x[i], |input_scale| x[i] * input_scale[i]);
     let amax = (0..x.len()).fold(0.0f32, |amax, i| amax.max(value(i).abs()));
     let qmax = f32::from(qmax);
     let scale = activation_scale(amax, qmax);
     if scale == 0.0 {
-        dst.fill(from_i8(0));
+        dst.fill(V::from(0));
         return 0.0;
     }
     let factor = activation_factor(scale);
     for (i, dst) in dst.iter_mut().enumerate() {
-        *dst = from_i8(activation_quotient(value(i), factor).round_ties_even().clamp(-qmax, qmax) as i8);
+        *dst = V::from(activation_quotient(value(i), factor).round_ties_even().clamp(-qmax, qmax) as i8);
     }
     scale
 }

@@ -252,10 +252,6 @@ fn scale_channels(x: &[f32], input_scale: &[f32]) -> Vec<f32> {
 /// The buffers of one int8 GEMM task, reused by the tasks a thread runs.
 #[derive(Default)]
 struct IntTaskBuffers {
-    /// One token scaled per channel (for a fused input scale).
-    scaled: Vec<f32>,
-    /// One token quantized to int8.
-    token: Vec<i8>,
     /// The task's tokens widened to i16, `[n_tokens, padded_cols]` (int8 activations).
     wide: Vec<i16>,
     /// The task's tokens, `[n_tokens, padded_cols]` (7-bit activations).
@@ -268,86 +264,64 @@ struct IntTaskBuffers {
 
 impl IntTaskBuffers {
     /// Quantizes the tokens of `x` (row-major, `cols` each; scaled per channel by
-    /// `input_scale` first, as [`scale_channels`] does) to int8 as every other path does, and
-    /// widens them into `wide` in the panels' padded column layout.
+    /// `input_scale` first, as [`scale_channels`] does) as the panels' kernel reads them: to
+    /// int8 as every other path does, widened into `wide`, or to 7 bits into `narrow`, in the
+    /// panels' padded column layout, with each group's sum where the panels have zero points.
     fn quantize(&mut self, x: &[f32], input_scale: Option<&[f32]>, cols: usize, group_len: usize, panels: &IntPanels) {
-        if panels.bits == ActivationBits::Seven {
-            self.quantize_7_bits(x, input_scale, cols, group_len, panels);
-            return;
-        }
-        let n_tokens = x.len() / cols;
-        let padded_group_len = panels.padded_group_len;
-        let asymmetric = panels.zero_points.is_some();
-        self.token.resize(cols, 0);
-        self.scaled.resize(if input_scale.is_some() { cols } else { 0 }, 0.0);
-        // Every value is written below, padding included.
-        self.wide.resize(n_tokens * panels.padded_cols, 0);
-        self.scales.clear();
-        self.group_sums.clear();
-        if padded_group_len == group_len && !asymmetric {
-            // No padding between groups and no sums to keep: one fused pass a token.
-            for (token, wide) in x.chunks_exact(cols).zip(self.wide.chunks_exact_mut(panels.padded_cols)) {
-                self.scales.push(linear::quantize_activations_i16(token, input_scale, wide));
+        let sums = panels.zero_points.is_some().then_some(&mut self.group_sums);
+        let layout = (cols, group_len, panels.padded_group_len);
+        match panels.bits {
+            ActivationBits::Eight => {
+                let quantize: TokenQuantizer<i16> = linear::quantize_activations_i16;
+                quantize_padded(x, input_scale, layout, quantize, &mut self.wide, &mut self.scales, sums);
             }
-            return;
-        }
-        for (token, wide) in x.chunks_exact(cols).zip(self.wide.chunks_exact_mut(panels.padded_cols)) {
-            let token = match input_scale {
-                Some(input_scale) => {
-                    for ((scaled, &value), &factor) in self.scaled.iter_mut().zip(token).zip(input_scale) {
-                        *scaled = value * factor;
-                    }
-                    &self.scaled
-                }
-                None => token,
-            };
-            self.scales.push(linear::quantize_activations_i8(token, &mut self.token));
-            for (values, wide) in self.token.chunks_exact(group_len).zip(wide.chunks_exact_mut(padded_group_len)) {
-                for (wide, &value) in wide.iter_mut().zip(values) {
-                    *wide = i16::from(value);
-                }
-                wide[group_len..].fill(0);
-                if asymmetric {
-                    self.group_sums.push(values.iter().map(|&v| i32::from(v)).sum());
-                }
+            ActivationBits::Seven => {
+                let quantize: TokenQuantizer<i8> = linear::quantize_activations_i7;
+                quantize_padded(x, input_scale, layout, quantize, &mut self.narrow, &mut self.scales, sums);
             }
         }
     }
 }
 
-impl IntTaskBuffers {
-    /// Quantizes the tokens of `x` (row-major, `cols` each; scaled per channel by `input_scale`)
-    /// to 7 bits ([`linear::quantize_activations_i7`]) into `narrow` in the panels' padded
-    /// column layout, with every group's sum (the offset weights' zero points need them all).
-    fn quantize_7_bits(
-        &mut self,
-        x: &[f32],
-        input_scale: Option<&[f32]>,
-        cols: usize,
-        group_len: usize,
-        panels: &IntPanels,
-    ) {
-        let n_tokens = x.len() / cols;
-        let padded_group_len = panels.padded_group_len;
-        self.narrow.resize(n_tokens * panels.padded_cols, 0);
-        self.token.resize(cols, 0);
-        self.scales.clear();
-        self.group_sums.clear();
-        for (token, narrow) in x.chunks_exact(cols).zip(self.narrow.chunks_exact_mut(panels.padded_cols)) {
-            if padded_group_len == group_len {
-                self.scales.push(linear::quantize_activations_i7(token, input_scale, narrow));
-            } else {
-                self.scales.push(linear::quantize_activations_i7(token, input_scale, &mut self.token));
-                for (values, padded) in
-                    self.token.chunks_exact(group_len).zip(narrow.chunks_exact_mut(padded_group_len))
-                {
-                    padded[..group_len].copy_from_slice(values);
-                    padded[group_len..].fill(0);
-                }
+/// A fused activation quantizer ([`linear::quantize_activations_i16`],
+/// [`linear::quantize_activations_i7`]): a token, its per-channel input scale, the values out;
+/// the scale back.
+type TokenQuantizer<V> = fn(&[f32], Option<&[f32]>, &mut [V]) -> f32;
+
+/// Each token of `x` (`cols` values, scaled per channel by `input_scale`) quantized by
+/// `quantize` into its row of `dst` (`[n_tokens, n_groups * padded_group_len]`, each group of
+/// `group_len` values followed by zeros up to `padded_group_len`), its scale into `scales` and,
+/// when `sums` is given, each group's sum into it.
+fn quantize_padded<V: Copy + Default + Into<i32>>(
+    x: &[f32],
+    input_scale: Option<&[f32]>,
+    (cols, group_len, padded_group_len): (usize, usize, usize),
+    quantize: TokenQuantizer<V>,
+    dst: &mut Vec<V>,
+    scales: &mut Vec<f32>,
+    mut sums: Option<&mut Vec<i32>>,
+) {
+    let n_groups = cols / group_len;
+    let padded_cols = n_groups * padded_group_len;
+    // Every value is written below, padding included.
+    dst.resize(x.len() / cols * padded_cols, V::default());
+    scales.clear();
+    if let Some(sums) = sums.as_deref_mut() {
+        sums.clear();
+    }
+    for (token, row) in x.chunks_exact(cols).zip(dst.chunks_exact_mut(padded_cols)) {
+        scales.push(quantize(token, input_scale, &mut row[..cols]));
+        if padded_group_len != group_len {
+            // Spread the groups out in place, the last first: each moves right, past the ones
+            // still to move.
+            for group in (0..n_groups).rev() {
+                let start = group * padded_group_len;
+                row.copy_within(group * group_len..(group + 1) * group_len, start);
+                row[start + group_len..start + padded_group_len].fill(V::default());
             }
-            self.group_sums.extend(
-                narrow.chunks_exact(padded_group_len).map(|group| group.iter().map(|&v| i32::from(v)).sum::<i32>()),
-            );
+        }
+        if let Some(sums) = sums.as_deref_mut() {
+            sums.extend(row.chunks_exact(padded_group_len).map(|group| group.iter().map(|&v| v.into()).sum::<i32>()));
         }
     }
 }
@@ -664,9 +638,7 @@ impl QuantizedMatrix {
         // GB/s), with the same results (the per-row path stays as the tests' reference,
         // `gemm_rows`).
         if let Weights::Int(weights) = &self.weights {
-            let kernels = dot::kernels(crate::isa::active()).or(dot::kernels(crate::Isa::Scalar));
-            let kernels = kernels.expect("the scalar kernels always exist");
-            self.run_int_panels(weights, x, n_tokens, Fused { input_scale, bias }, y, kernels);
+            self.run_int_panels(weights, x, n_tokens, Fused { input_scale, bias }, y, dot::dispatched());
             return;
         }
         let scaled: Vec<f32>;

@@ -162,7 +162,7 @@ pub fn kernels(isa: Isa) -> Option<&'static DotKernels> {
 }
 
 /// The kernels of [`crate::isa::active`], chosen once.
-fn dispatched() -> &'static DotKernels {
+pub(crate) fn dispatched() -> &'static DotKernels {
     static DISPATCHED: OnceLock<&'static DotKernels> = OnceLock::new();
     DISPATCHED.get_or_init(|| kernels(crate::isa::active()).unwrap_or(&SCALAR))
 }

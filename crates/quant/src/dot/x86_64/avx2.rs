@@ -451,6 +451,16 @@ const TILE_TOKENS: usize = 6;
 /// five).
 const QUAD_TILE_TOKENS: usize = 5;
 
+/// `$tile::<n>(args)` for a tile of `n` tokens, `n` one of the sizes listed or else 1.
+macro_rules! tile_of_size {
+    ($n:expr, $tile:ident $args:tt, [$($size:literal),*]) => {
+        match $n {
+            $($size => $tile::<$size> $args,)*
+            _ => $tile::<1> $args,
+        }
+    };
+}
+
 /// Panels of sixteen weight rows times up to six tokens at a time, the int8 GEMM's kernel.
 ///
 /// Each panel goes through all the tokens before the next one, so it is read from memory once.
@@ -472,16 +482,7 @@ unsafe fn gemm_i8_i16_f32(
 ) {
     for_each_tile(shape.rows, scales.token_scales.len(), TILE_TOKENS, |n, tile| {
         // SAFETY: the caller's shapes hold, and the tile's tokens are among the tokens.
-        unsafe {
-            match n {
-                6 => panel_tile::<6>(panels, shape, tokens, &scales, &mut out, tile),
-                5 => panel_tile::<5>(panels, shape, tokens, &scales, &mut out, tile),
-                4 => panel_tile::<4>(panels, shape, tokens, &scales, &mut out, tile),
-                3 => panel_tile::<3>(panels, shape, tokens, &scales, &mut out, tile),
-                2 => panel_tile::<2>(panels, shape, tokens, &scales, &mut out, tile),
-                _ => panel_tile::<1>(panels, shape, tokens, &scales, &mut out, tile),
-            }
-        }
+        unsafe { tile_of_size!(n, panel_tile(panels, shape, tokens, &scales, &mut out, tile), [6, 5, 4, 3, 2]) }
     });
 }
 
@@ -501,16 +502,7 @@ unsafe fn gemm_u8_i8_f32(
 ) {
     for_each_tile(shape.rows, scales.token_scales.len(), QUAD_TILE_TOKENS, |n, tile| {
         // SAFETY: the caller's shapes hold, and the tile's tokens are among the tokens.
-        unsafe {
-            match n {
-                6 => quad_tile::<6>(panels, shape, tokens, &scales, &mut out, tile),
-                5 => quad_tile::<5>(panels, shape, tokens, &scales, &mut out, tile),
-                4 => quad_tile::<4>(panels, shape, tokens, &scales, &mut out, tile),
-                3 => quad_tile::<3>(panels, shape, tokens, &scales, &mut out, tile),
-                2 => quad_tile::<2>(panels, shape, tokens, &scales, &mut out, tile),
-                _ => quad_tile::<1>(panels, shape, tokens, &scales, &mut out, tile),
-            }
-        }
+        unsafe { tile_of_size!(n, quad_tile(panels, shape, tokens, &scales, &mut out, tile), [5, 4, 3, 2]) }
     });
 }
 

@@ -999,7 +999,7 @@ fn quantize_activations_scaled<V: ActivationValue>(
     let amax = (body..x.len()).fold(lanes.into_iter().fold(0.0f32, f32::max), |amax, i| amax.max(value(i).abs()));
     let scale = crate::linear::activation_scale(amax, f32::from(qmax));
     if scale == 0.0 {
-        dst.fill(V::from_i8(0));
+        dst.fill(V::from(0));
         return 0.0;
     }
     let (factor, multiply) = crate::linear::activation_factor(scale);
@@ -1024,16 +1024,12 @@ fn quantize_activations_scaled<V: ActivationValue>(
     let qmax = f32::from(qmax);
     for (i, dst) in dst.iter_mut().enumerate().skip(body) {
         let quotient = crate::linear::activation_quotient(value(i), (factor, multiply));
-        *dst = V::from_i8(quotient.round_ties_even().clamp(-qmax, qmax) as i8);
+        *dst = V::from(quotient.round_ties_even().clamp(-qmax, qmax) as i8);
     }
     scale
 }
 
 impl ActivationValue for i16 {
-    fn from_i8(value: i8) -> i16 {
-        i16::from(value)
-    }
-
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn store_16(dst: *mut i16, values: __m256i) {
@@ -1043,10 +1039,6 @@ impl ActivationValue for i16 {
 }
 
 impl ActivationValue for i8 {
-    fn from_i8(value: i8) -> i8 {
-        value
-    }
-
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn store_16(dst: *mut i8, values: __m256i) {
