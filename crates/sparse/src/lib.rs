@@ -25,8 +25,8 @@
 //! Products take and return the layout of `lathe_quant::dense::linear` and
 //! `QuantizedMatrix::gemm`: `x` is `[n_tokens, cols]` row-major and `y` `[n_tokens, rows]`, so a
 //! sparse layer drops in for a dense one. Internally the SpMM kernels read a transposed copy of
-//! `x` in panels of 16 tokens (`[cols, 16]`): a nonzero `(r, c, w)` then meets 16 contiguous
-//! activations of column `c` (one cache line) with one broadcast and two fused multiply-adds,
+//! `x` in panels of 32 tokens (`[cols, 32]`): a nonzero `(r, c, w)` then meets 32 contiguous
+//! activations of column `c` (two cache lines) with one broadcast and four fused multiply-adds,
 //! where the row-major layout would need a gather per token. The transpose costs one pass over
 //! `x` and the results come back through the same 8 x 8 register transposes, one pass over `y`:
 //! together about a fifth of a 90 %-sparse 128-token product on MiniLM shapes and a few percent
@@ -37,12 +37,11 @@
 //! operations, fused multiply-adds included: the AVX2 kernels equal the scalar ones bit for bit,
 //! a token's result does not depend on the other tokens of its batch (one token, SpMV, sums like
 //! many, SpMM), and CSR, N:M and bitmask agree bit for bit on the same weights. For output
-//! `(t, r)`, with `b` the bias (or +0.0) and the row's nonzeros in column order, cut into blocks
-//! of 384 columns: `running = b`; for each block, `s_0 = running`, `s_1 = s_2 = s_3 = 0`, the
-//! block's nonzero `j` (counted from the block's first) does
-//! `s_(j mod 4) = fma(w_j, x[t, c_j], s_(j mod 4))`, and `running = (s_0 + s_1) + (s_2 + s_3)`.
-//! The output is the last `running`.
-//!
+//! `(t, r)`, with `b` the bias (or +0.0) and the row's nonzeros in column order: `s_0 = b`,
+//! `s_1 = +0.0`, nonzero `j` does `s_(j mod 2) = fma(w_j, x[t, c_j], s_(j mod 2))`, and the
+//! output is `s_0 + s_1`. (The SpMM kernels cut rows into blocks of 192 columns to keep their
+//! activations in L1; both sums carry over from block to block, so blocks leave the order alone.)
+
 //! Exact zero weights are skipped, so an infinite activation against a zero weight adds nothing
 //! (a dense product would make it NaN). Rows are split over rayon in chunks when the current pool
 //! has more than one thread; the split never changes a result.

@@ -148,7 +148,8 @@ impl NmMatrix {
         &self.packed_indices[..self.rows * self.row_bytes()]
     }
 
-    /// The rows in `range` for the direct kernels, when the pattern has them (`n` a power of two).
+    /// The rows in `range` for the direct kernels, when the pattern has them (`n` a power of two,
+    /// `m` up to 64).
     fn direct_rows(&self, range: Range<usize>) -> Option<NmRows<'_>> {
         let (per_row, row_bytes) = (self.slots_per_row(), self.row_bytes());
         let values = &self.values[range.start * per_row..range.end * per_row];

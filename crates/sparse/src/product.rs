@@ -85,9 +85,9 @@ impl<I: ColumnIndex> RowSource for SparseRows<I> {
 /// Bytes of weights (values and indices) per column block of a chunk of rows: they are read once
 /// per panel, from L2.
 const CHUNK_BLOCK_BYTES: usize = 128 << 10;
-/// Bytes of running sums per chunk (rows x panels x 16 tokens x 4 bytes), kept in L2 between
+/// Bytes of running sums per chunk (rows x panels x 32 tokens x 2 sums x 4 bytes), kept in L2 between
 /// column blocks.
-const CHUNK_TILE_BYTES: usize = 128 << 10;
+const CHUNK_TILE_BYTES: usize = 256 << 10;
 /// Below this many multiply-adds a call stays on the calling thread.
 const PARALLEL_MIN_FMAS: usize = 1 << 18;
 
@@ -99,7 +99,7 @@ fn chunk_rows<S: RowSource>(source: &S, n_panels: usize, threads: usize) -> usiz
     let n_blocks = cols.div_ceil(COL_BLOCK).max(1);
     let entry_bytes = size_of::<f32>() + size_of::<S::Index>();
     let block_bytes = (source.n_entries() * entry_bytes).div_ceil(n_rows.max(1) * n_blocks).max(1);
-    let tile_bytes = n_panels.max(1) * TOKEN_BLOCK * size_of::<f32>();
+    let tile_bytes = 2 * n_panels.max(1) * TOKEN_BLOCK * size_of::<f32>();
     let mut rows = (CHUNK_BLOCK_BYTES / block_bytes).min(CHUNK_TILE_BYTES / tile_bytes);
     if threads > 1 {
         rows = rows.min(n_rows.div_ceil(4 * threads));
@@ -194,9 +194,13 @@ fn spmm<S: RowSource>(
                          stride: usize| {
             let n_rows = range.len();
             let bias = bias.map(|bias| &bias[range.clone()]);
-            tile.resize(n_panels * n_rows * TOKEN_BLOCK, 0.0);
+            let outputs = n_panels * n_rows * TOKEN_BLOCK;
+            tile.resize(2 * outputs, 0.0);
             source.spmm(kernels, range, scratch, panels, n_panels, bias, tile);
-            for (tile, first_token) in tile.chunks_exact(n_rows * TOKEN_BLOCK).zip((0..n_tokens).step_by(TOKEN_BLOCK)) {
+            let outputs = &tile[..outputs];
+            for (tile, first_token) in
+                outputs.chunks_exact(n_rows * TOKEN_BLOCK).zip((0..n_tokens).step_by(TOKEN_BLOCK))
+            {
                 let panel_tokens = (n_tokens - first_token).min(TOKEN_BLOCK);
                 (kernels.unpack)(tile, n_rows, panel_tokens, &mut out[first_token * stride..], stride);
             }

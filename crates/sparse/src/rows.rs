@@ -11,10 +11,18 @@ use std::ops::Range;
 
 use crate::kernels::{Kernels, SpmmKernel, SpmvKernel};
 
-/// Columns per block of the [sum order](crate#sum-order): one 16-token panel's slice of 384
-/// columns x 16 tokens x 4 bytes is 24 KiB, which leaves room in this CPU's 32 KiB L1 data cache
-/// for the weights and the tile. A multiple of every N:M group size (up to 128).
+/// Columns per block of a [`SparseRows`]: the CSR SpMM kernel's column tile. Blocks do not enter
+/// the [sum order](crate#sum-order): a row's two running sums carry over from one block to the
+/// next, through memory, which at 90 % sparsity costs about as much as the L1 misses of a
+/// 384-column slice of a 32-token panel (48 KiB) save.
 pub(crate) const COL_BLOCK: usize = 384;
+
+/// Columns per block of the direct N:M kernels: one 32-token panel's slice of 192 columns x 32
+/// tokens x 4 bytes is 24 KiB, which leaves room in this CPU's 32 KiB L1 data cache for the
+/// weights and the tile (a 2:4 row has ten times the entries of a 90 %-sparse one, so the carry
+/// between blocks is cheap next to its L1 hits). A multiple of every group size the direct kernels
+/// take (up to 64).
+pub(crate) const NM_COL_BLOCK: usize = 192;
 
 /// A column index as stored: `u16` while every column fits (`cols <= 65536`), else `u32`.
 pub(crate) trait ColumnIndex: Copy + Send + Sync + Debug + Default + 'static {
@@ -282,9 +290,16 @@ impl<'a, I: ColumnIndex> RowsView<'a, I> {
         (self.bounds[at], self.bounds[at + 1])
     }
 
-    /// The `(column, value)` entries of row `row` in column block `block`.
-    pub(crate) fn segment_entries(&self, row: usize, block: usize) -> impl Iterator<Item = (usize, f32)> + 'a {
-        let (start, end) = self.segment(row, block);
+    /// `start..end` of all the entries of row `row`, with `start <= end <= values().len()`.
+    #[inline(always)]
+    pub(crate) fn row_range(&self, row: usize) -> (usize, usize) {
+        let at = row * (self.n_blocks + 1);
+        (self.bounds[at], self.bounds[at + self.n_blocks])
+    }
+
+    /// The `(column, value)` entries of row `row`, in column order.
+    pub(crate) fn row_entries(&self, row: usize) -> impl Iterator<Item = (usize, f32)> + 'a {
+        let (start, end) = self.row_range(row);
         self.indices[start..end].iter().zip(&self.values[start..end]).map(|(index, &value)| (index.col(), value))
     }
 }
@@ -293,7 +308,7 @@ impl<'a, I: ColumnIndex> RowsView<'a, I> {
 /// of `m` columns, each a value (+0.0 for padding) and a `log2(m)`-bit position.
 ///
 /// Invariants (checked by [`NmRows::new`], relied on by the SIMD kernels): `m` is a power of two
-/// up to 128 (so it divides [`COL_BLOCK`] and every position is `< m`), `n` a power of two up to
+/// up to 64 (so it divides [`NM_COL_BLOCK`] and every position is `< m`), `n` a power of two up to
 /// `m`, `cols` a multiple of `m`; `values` holds `per_row` slots per row and `packed` holds
 /// `row_bytes` bytes per row plus 8 readable bytes after the last row, so that any slot's
 /// position can be read as a whole 8-byte word.
@@ -322,7 +337,7 @@ impl<'a> NmRows<'a> {
         packed: &'a [u8],
         full: &'a [bool],
     ) -> Option<Self> {
-        let pattern_ok = m.is_power_of_two() && (2..=128).contains(&m) && n.is_power_of_two() && n <= m;
+        let pattern_ok = m.is_power_of_two() && (2..=64).contains(&m) && n.is_power_of_two() && n <= m;
         if !pattern_ok || !cols.is_multiple_of(m) {
             return None;
         }
@@ -347,7 +362,7 @@ impl<'a> NmRows<'a> {
     }
 
     pub(crate) fn n_blocks(&self) -> usize {
-        self.cols.div_ceil(COL_BLOCK).max(1)
+        self.cols.div_ceil(NM_COL_BLOCK).max(1)
     }
 
     /// `log2(n)`: slot `s` is in group `s >> group_shift`.
@@ -372,7 +387,7 @@ impl<'a> NmRows<'a> {
 
     /// The slots of column block `block` of every row: `first..last`.
     pub(crate) fn block_slots(&self, block: usize) -> (usize, usize) {
-        let slots_per_block = COL_BLOCK / self.m * self.n;
+        let slots_per_block = NM_COL_BLOCK / self.m * self.n;
         (block * slots_per_block, ((block + 1) * slots_per_block).min(self.per_row()))
     }
 

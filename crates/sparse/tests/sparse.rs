@@ -196,12 +196,13 @@ fn check_products(
     Ok(())
 }
 
-/// Shapes around the 384-column block and the 8- and 16-row and -token groups of the kernels.
+/// Shapes around the 192-column blocks and the 8-row groups of the kernels.
 fn shape() -> impl Strategy<Value = (usize, usize)> {
     (
         prop_oneof![Just(0usize), 1usize..=9, 15usize..=17, 30usize..=34],
         prop_oneof![
             3 => 0usize..=24,
+            1 => 188usize..=196,
             1 => 380usize..=392,
             1 => 760usize..=800,
         ],
@@ -213,10 +214,11 @@ fn density() -> impl Strategy<Value = f64> {
 }
 
 fn tokens() -> impl Strategy<Value = usize> {
-    prop_oneof![Just(0usize), Just(1), Just(2), 3usize..=9, 15usize..=17, 31usize..=33]
+    prop_oneof![Just(0usize), Just(1), Just(2), 3usize..=9, 15usize..=17, 31usize..=33, 63usize..=65]
 }
 
-/// `(n, m)` patterns: power-of-two `n` (the direct kernels) and 3:8 (decoded).
+/// `(n, m)` patterns: power-of-two `n` up to `m = 64` (the direct kernels), 3:8 and 2:128
+/// (decoded).
 fn pattern() -> impl Strategy<Value = (usize, usize)> {
     prop_oneof![
         Just((2usize, 4usize)),
@@ -225,7 +227,9 @@ fn pattern() -> impl Strategy<Value = (usize, usize)> {
         Just((1, 2)),
         Just((3, 8)),
         Just((2, 8)),
-        Just((8, 16))
+        Just((8, 16)),
+        Just((4, 64)),
+        Just((2, 128))
     ]
 }
 

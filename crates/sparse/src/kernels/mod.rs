@@ -11,16 +11,18 @@ use std::sync::OnceLock;
 use crate::Isa;
 use crate::rows::{ColumnIndex, NmRows, RowsView};
 
-/// Tokens per activation panel: two ymm registers of f32 per running sum, one cache line per
+/// Tokens per activation panel: four ymm registers of f32 per running sum, two cache lines per
 /// column.
-pub(crate) const TOKEN_BLOCK: usize = 16;
+pub(crate) const TOKEN_BLOCK: usize = 32;
 
 /// `y[r] = row r . x (+ bias[r])` for every row of the view (one token).
 pub(crate) type SpmvKernel<I> = fn(RowsView<'_, I>, &[f32], Option<&[f32]>, &mut [f32]);
 
 /// Every panel of a call: `tile[(p * n_rows + r) * TOKEN_BLOCK + j] = row r . panel p column j (+
 /// bias[r])` for every row of the view, where `panels[(p * cols + c) * TOKEN_BLOCK + j]` is token
-/// `p * TOKEN_BLOCK + j`'s activation `c`; the `usize` is the number of panels.
+/// `p * TOKEN_BLOCK + j`'s activation `c`; the `usize` is the number of panels. The tile is twice
+/// that long: its second half is the kernel's scratch (a row's odd running sums wait there
+/// between column blocks, the even ones in the first half).
 pub(crate) type SpmmKernel<I> = fn(RowsView<'_, I>, &[f32], usize, Option<&[f32]>, &mut [f32]);
 
 /// [`SpmvKernel`] reading N:M rows directly.
@@ -110,7 +112,11 @@ pub(crate) fn check_spmm<I: ColumnIndex>(
     tile: &[f32],
 ) {
     assert_eq!(panels.len(), n_panels * rows.cols() * TOKEN_BLOCK, "panels are not {n_panels} x cols x {TOKEN_BLOCK}");
-    assert_eq!(tile.len(), n_panels * rows.n_rows() * TOKEN_BLOCK, "tile is not {n_panels} x rows x {TOKEN_BLOCK}");
+    assert_eq!(
+        tile.len(),
+        2 * n_panels * rows.n_rows() * TOKEN_BLOCK,
+        "tile is not 2 x {n_panels} x rows x {TOKEN_BLOCK}"
+    );
     if let Some(bias) = bias {
         assert_eq!(bias.len(), rows.n_rows(), "bias has {} values, not rows = {}", bias.len(), rows.n_rows());
     }
@@ -130,7 +136,11 @@ pub(crate) fn check_spmv_nm(rows: &NmRows<'_>, x: &[f32], bias: Option<&[f32]>, 
 #[track_caller]
 pub(crate) fn check_spmm_nm(rows: &NmRows<'_>, panels: &[f32], n_panels: usize, bias: Option<&[f32]>, tile: &[f32]) {
     assert_eq!(panels.len(), n_panels * rows.cols() * TOKEN_BLOCK, "panels are not {n_panels} x cols x {TOKEN_BLOCK}");
-    assert_eq!(tile.len(), n_panels * rows.n_rows() * TOKEN_BLOCK, "tile is not {n_panels} x rows x {TOKEN_BLOCK}");
+    assert_eq!(
+        tile.len(),
+        2 * n_panels * rows.n_rows() * TOKEN_BLOCK,
+        "tile is not 2 x {n_panels} x rows x {TOKEN_BLOCK}"
+    );
     if let Some(bias) = bias {
         assert_eq!(bias.len(), rows.n_rows(), "bias has {} values, not rows = {}", bias.len(), rows.n_rows());
     }

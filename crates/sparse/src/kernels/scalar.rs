@@ -6,15 +6,11 @@ use crate::rows::{ColumnIndex, RowsView};
 
 /// Row `row` times one token whose activation `c` is `x(c)`, plus `start`, in the sum order.
 pub(crate) fn row_dot<I: ColumnIndex>(rows: &RowsView<'_, I>, row: usize, x: impl Fn(usize) -> f32, start: f32) -> f32 {
-    let mut running = start;
-    for block in 0..rows.n_blocks() {
-        let mut sums = [running, 0.0, 0.0, 0.0];
-        for (j, (col, weight)) in rows.segment_entries(row, block).enumerate() {
-            sums[j % 4] = weight.mul_add(x(col), sums[j % 4]);
-        }
-        running = (sums[0] + sums[1]) + (sums[2] + sums[3]);
+    let mut sums = [start, 0.0];
+    for (j, (col, weight)) in rows.row_entries(row).enumerate() {
+        sums[j % 2] = weight.mul_add(x(col), sums[j % 2]);
     }
-    running
+    sums[0] + sums[1]
 }
 
 pub(crate) fn spmv<I: ColumnIndex>(rows: RowsView<'_, I>, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
@@ -33,7 +29,8 @@ pub(crate) fn spmm<I: ColumnIndex>(
 ) {
     check_spmm(&rows, panels, n_panels, bias, tile);
     let panel_len = rows.cols() * TOKEN_BLOCK;
-    for (index, out) in tile.chunks_exact_mut(TOKEN_BLOCK).enumerate() {
+    let outputs = n_panels * rows.n_rows() * TOKEN_BLOCK;
+    for (index, out) in tile[..outputs].chunks_exact_mut(TOKEN_BLOCK).enumerate() {
         let (panel, row) = (index / rows.n_rows(), index % rows.n_rows());
         let panel = &panels[panel * panel_len..][..panel_len];
         let start = bias.map_or(0.0, |bias| bias[row]);

@@ -1,22 +1,26 @@
 //! AVX2 + FMA kernels, in the [sum order](crate#sum-order) of the scalar ones.
 //!
-//! SpMM works on a panel of 16 tokens stored token-minor (`panel[c * 16 + j]`): a nonzero
-//! `(c, w)` is one broadcast of `w` and two fused multiply-adds of it against the 16 contiguous
-//! activations of column `c` (one cache line), no gather. A row's four running sums take eight
-//! ymm registers, enough independent chains to hide the FMA latency. The loops run column block
-//! (384 columns), then panel, then row: a block's weights come from memory once and from cache
-//! for every further panel, and each panel's 24 KiB slice stays in L1 across the rows; each row's
-//! running value waits in the tile between blocks. Four column indices are read as one word;
-//! each weight is broadcast straight from memory (`vbroadcastss`), which measured 0 to 15 %
-//! faster than loading four weights as a vector and permuting each lane out of it.
+//! SpMM works on a panel of 32 tokens stored token-minor (`panel[c * 32 + j]`): a nonzero
+//! `(c, w)` is one broadcast of `w` and four fused multiply-adds of it against the 32 contiguous
+//! activations of column `c` (two cache lines), no gather. A row's two running sums take eight
+//! ymm registers, enough independent chains to hide the FMA latency; against the 16-token panels
+//! with four sums this replaced, each entry's broadcast and index serve four multiply-adds instead
+//! of two (1.1 to 1.35x faster). The loops run column block (192 columns), then panel, then row:
+//! a block's weights come from memory once and from cache for every further panel, and each
+//! panel's 24 KiB slice stays in L1 across the rows (it is prefetched in one sweep first, as the
+//! rows touch it in no order a hardware prefetcher follows). A row's two sums wait in the two
+//! halves of the tile between blocks; when an odd number of its nonzeros came before a block, the
+//! block starts on the odd sum, which the kernel handles by swapping the two. Four column
+//! indices are read as one word; each weight is broadcast straight from memory (`vbroadcastss`).
 //! Panels are made and tiles written back with 8 x 8 register transposes.
 //!
-//! SpMV has one token: the four running sums of a row are the lanes of one xmm register, each
-//! step four fused multiply-adds against activations loaded one by one (AVX2 gathers are slower
-//! than scalar loads on this Zen 3). On cache-resident matrices four rows advance together, so
-//! that four dependency chains are in flight, and the next rows' entries are prefetched; above
-//! 1 MiB of entries rows run one at a time, one sequential stream that the hardware prefetchers
-//! follow, and a segment's last entries take one masked step (lanes past the end add -0.0).
+//! SpMV has one token and no blocks: rows go in pairs, whose four running sums (`[a even, a odd,
+//! b even, b odd]`) are the lanes of one xmm register, and each step is one vector fused
+//! multiply-add over two entries of each row against activations loaded one by one (AVX2 gathers
+//! are slower than scalar loads on this Zen 3). Two pairs advance together, two dependency
+//! chains in flight, through the entries all four rows have; each row then finishes alone. On
+//! cache-resident matrices the next rows' entries are prefetched; above 1 MiB of entries the
+//! hardware prefetchers, following four sequential streams, do better alone.
 //!
 //! N:M matrices have their own kernels, which read the packed positions directly (no decoding):
 //! four consecutive nonzero slots take the same path as four CSR entries; padding slots (zeros)
@@ -28,7 +32,7 @@ use crate::Isa;
 use crate::kernels::{
     Kernels, TOKEN_BLOCK, check_pack, check_spmm, check_spmm_nm, check_spmv, check_spmv_nm, check_unpack,
 };
-use crate::rows::{ColumnIndex, NmRows, RowsView};
+use crate::rows::{COL_BLOCK, ColumnIndex, NM_COL_BLOCK, NmRows, RowsView};
 
 static AVX2: Kernels = Kernels {
     isa: Isa::Avx2,
@@ -53,10 +57,10 @@ trait Pattern: Copy {
     fn group_shift(self) -> u32;
     fn bits(self) -> usize;
     /// Whether every four-slot step starts on a byte of the packed positions: four positions
-    /// fill whole bytes and a block's slots (`384 / m * n`) do too.
+    /// fill whole bytes and a block's slots (`192 / m * n`) do too.
     fn byte_steps(self) -> bool {
         let bits = self.bits();
-        let slots_per_block = (crate::rows::COL_BLOCK >> bits) << self.group_shift();
+        let slots_per_block = (NM_COL_BLOCK >> bits) << self.group_shift();
         (4 * bits).is_multiple_of(8) && (slots_per_block * bits).is_multiple_of(8)
     }
 }
@@ -118,9 +122,7 @@ fn spmv<I: ColumnIndex + LoadFour>(rows: RowsView<'_, I>, x: &[f32], bias: Optio
     check_spmv(&rows, x, bias, y);
     let bytes = rows.values().len() * (size_of::<f32>() + size_of::<I>());
     // SAFETY: AVX2 and FMA were detected (see above); the lengths were checked.
-    unsafe {
-        if bytes > SPMV_STREAM_BYTES { spmv_streaming_avx2(rows, x, bias, y) } else { spmv_avx2(rows, x, bias, y) }
-    }
+    unsafe { spmv_avx2::<I, SPMV_PAIRS>(rows, x, bias, y, bytes <= SPMV_STREAM_BYTES) }
 }
 
 fn spmm<I: ColumnIndex + LoadFour>(
@@ -159,255 +161,256 @@ fn unpack(tile: &[f32], n_rows: usize, n_tokens: usize, dst: &mut [f32], stride:
     unsafe { unpack_avx2(tile, n_rows, n_tokens, dst, stride) }
 }
 
-/// Lane masks for the last `r` (0 to 3) entries of a segment: lanes `0..r` set.
-static TAIL_MASKS: [[i32; 4]; 4] = [[0, 0, 0, 0], [-1, 0, 0, 0], [-1, -1, 0, 0], [-1, -1, -1, 0]];
+/// Pairs of rows per step of SpMV: two xmm registers of running sums, two dependency chains of
+/// four entries per step.
+const SPMV_PAIRS: usize = 2;
 
-/// `(s_0 + s_1) + (s_2 + s_3)` of the four lanes.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-fn sum_lanes(sums: __m128) -> f32 {
-    // hadd gives (s_0 + s_1, s_2 + s_3, ..); the second hadd adds those two.
-    let pairs = _mm_hadd_ps(sums, sums);
-    _mm_cvtss_f32(_mm_hadd_ps(pairs, pairs))
-}
+/// Above this many bytes of entries SpMV reads them from memory rather than from the caches, and
+/// the hardware prefetchers do better without software prefetches.
+const SPMV_STREAM_BYTES: usize = 1 << 20;
 
-/// The four running sums of a segment, advanced by four entries from `k` (all in the segment).
+/// Advances the running sums of rows `a` and `b`, lanes `[a even, a odd, b even, b odd]`, by
+/// their entries `ka, ka + 1` and `kb, kb + 1`: one vector fused multiply-add.
 ///
 /// # Safety
-/// Entries `k..k + 4` must exist, and their indices be `< x`'s length.
+/// The four entries must exist, with indices `<` the length of `x`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn spmv_quad<I: ColumnIndex + LoadFour>(
+unsafe fn spmv_pair_step<I: ColumnIndex + LoadFour>(
     sums: __m128,
     indices: *const I,
     values: *const f32,
     x: *const f32,
-    k: usize,
+    (ka, kb): (usize, usize),
 ) -> __m128 {
     // SAFETY: guaranteed by the caller.
     unsafe {
-        let [col0, col1, col2, col3] = I::load_four(indices.add(k));
-        let activations = _mm_setr_ps(*x.add(col0), *x.add(col1), *x.add(col2), *x.add(col3));
-        _mm_fmadd_ps(_mm_loadu_ps(values.add(k)), activations, sums)
+        let [a0, a1] = I::load_two(indices.add(ka));
+        let [b0, b1] = I::load_two(indices.add(kb));
+        let low = _mm_load_sd(values.add(ka).cast::<f64>());
+        let weights = _mm_castpd_ps(_mm_loadh_pd(low, values.add(kb).cast::<f64>()));
+        let activations = _mm_setr_ps(*x.add(a0), *x.add(a1), *x.add(b0), *x.add(b1));
+        _mm_fmadd_ps(weights, activations, sums)
     }
 }
 
-/// The last zero to three entries `k..end` of a non-empty segment, without a branch on their
-/// number: lanes past the segment compute on its last entry and are then discarded.
+/// Finishes one row from entry `k` with its two sums as scalars, and returns its value
+/// `even + odd`.
 ///
 /// # Safety
-/// `start < end`, `k <= end`, entries `..end` must exist and their indices be `< x`'s length.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn spmv_tail<I: ColumnIndex>(
-    sums: __m128,
-    indices: *const I,
-    values: *const f32,
-    x: *const f32,
-    k: usize,
-    end: usize,
-) -> __m128 {
-    let entry = |j: usize| (k + j).min(end - 1);
-    // SAFETY: every entry read is `<= end - 1`, which exists; see the caller's guarantee.
-    unsafe {
-        let weights = _mm_setr_ps(*values.add(entry(0)), *values.add(entry(1)), *values.add(entry(2)), 0.0);
-        let activations = _mm_setr_ps(
-            *x.add((*indices.add(entry(0))).col()),
-            *x.add((*indices.add(entry(1))).col()),
-            *x.add((*indices.add(entry(2))).col()),
-            0.0,
-        );
-        let keep = _mm_castsi128_ps(_mm_loadu_si128(TAIL_MASKS[end - k].as_ptr().cast()));
-        _mm_blendv_ps(sums, _mm_fmadd_ps(weights, activations, sums), keep)
-    }
-}
-
-/// Finishes one row's segment from entry `k` (quads, then the tail) and returns the new running
-/// value; an empty segment adds `(+0.0 + +0.0) + (+0.0 + +0.0)`.
-///
-/// # Safety
-/// Entries `start..end` must exist, with indices `< x`'s length, and `start <= k <= end`.
+/// Entries `k..end` must exist, with indices `<` the length of `x`, and `end - k` must have the
+/// parity that puts entry `k` on the even sum (the caller's pairs keep it so).
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn spmv_finish<I: ColumnIndex + LoadFour>(
-    mut sums: __m128,
+    (mut even, mut odd): (f32, f32),
     indices: *const I,
     values: *const f32,
     x: *const f32,
-    (start, end): (usize, usize),
     mut k: usize,
+    end: usize,
 ) -> f32 {
-    if start == end {
-        return _mm_cvtss_f32(sums) + 0.0;
+    // SAFETY: every entry read is before `end`; see the caller's guarantee.
+    unsafe {
+        while k + 2 <= end {
+            let [col0, col1] = I::load_two(indices.add(k));
+            even = (*values.add(k)).mul_add(*x.add(col0), even);
+            odd = (*values.add(k + 1)).mul_add(*x.add(col1), odd);
+            k += 2;
+        }
+        if k < end {
+            even = (*values.add(k)).mul_add(*x.add((*indices.add(k)).col()), even);
+        }
     }
-    while k + 4 <= end {
-        // SAFETY: entries `k..k + 4` are in the segment; see the caller's guarantee.
-        sums = unsafe { spmv_quad(sums, indices, values, x, k) };
-        k += 4;
-    }
-    // SAFETY: the segment is not empty and `k <= end`; see the caller's guarantee.
-    sum_lanes(unsafe { spmv_tail(sums, indices, values, x, k, end) })
+    even + odd
 }
 
+/// Rows `first .. first + 2 * P` times `x`, from `start`, in the [sum order](crate#sum-order):
+/// rows in pairs whose four sums are the lanes of one xmm register. The pairs advance together
+/// through the pairs of entries all their rows have, then each pair through those both its rows
+/// have, then each row finishes alone. With
+/// `ahead`, the next rows' entries are prefetched.
+///
 /// # Safety
-/// The CPU must support AVX2 and FMA, and the lengths must pass [`check_spmv`].
+/// Rows `first .. first + 2 * P` must be in the view, and `x` must hold `cols` floats.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn spmv_avx2<I: ColumnIndex + LoadFour>(rows: RowsView<'_, I>, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+#[inline]
+unsafe fn spmv_rows<I: ColumnIndex + LoadFour, const P: usize>(
+    rows: &RowsView<'_, I>,
+    x: *const f32,
+    first: usize,
+    start: [[f32; 2]; P],
+    ahead: bool,
+) -> [[f32; 2]; P] {
     let indices = rows.indices().as_ptr();
     let values = rows.values().as_ptr();
-    let x = x.as_ptr();
-    let start_value = |row: usize| _mm_setr_ps(bias.map_or(0.0, |bias| bias[row]), 0.0, 0.0, 0.0);
-    // SAFETY (every call below): segments come from the `RowsView`, whose entries exist and
-    // whose indices are `< cols == x.len()` (its invariant, with `check_spmv`).
-    let first_rest = y.len() - y.len() % 4;
-    let (out4, rest) = y.as_chunks_mut::<4>();
-    // Four rows at a time: four latency chains in flight instead of one. Lane j of a row's sums
-    // is the running sum s_j of the sum order.
-    for (group, out) in out4.iter_mut().enumerate() {
-        let row = 4 * group;
-        let mut running = [start_value(row), start_value(row + 1), start_value(row + 2), start_value(row + 3)];
-        for block in 0..rows.n_blocks() {
-            let segments = [
-                rows.segment(row, block),
-                rows.segment(row + 1, block),
-                rows.segment(row + 2, block),
-                rows.segment(row + 3, block),
-            ];
-            // The next group's entries in this block, ahead of time: interleaving four rows
-            // defeats the hardware prefetchers, and a small SpMV is bound by L2 latency.
-            if row + 8 <= rows.n_rows() {
-                let (next_start, next_end) = (rows.segment(row + 4, block).0, rows.segment(row + 7, block).1);
-                let next_end = next_end.min(next_start + 256);
-                for entry in (next_start..next_end).step_by(16) {
-                    // SAFETY: `entry < next_end <= values.len() == indices.len()`.
-                    unsafe {
-                        _mm_prefetch::<_MM_HINT_T0>(values.add(entry).cast());
-                        if entry % 32 < 16 {
-                            _mm_prefetch::<_MM_HINT_T0>(indices.add(entry).cast());
-                        }
-                    }
+    // Every entry read below is in its row, so `< values.len() == indices.len()`, and its index
+    // is `< cols` (the `RowsView` invariant), which `x` holds (the caller).
+    let ranges: [[(usize, usize); 2]; P] =
+        std::array::from_fn(|p| [rows.row_range(first + 2 * p), rows.row_range(first + 2 * p + 1)]);
+    if ahead && first + 4 * P <= rows.n_rows() {
+        // The next rows' entries, ahead of time: interleaved rows defeat the hardware
+        // prefetchers, and a small SpMV is bound by L2 latency.
+        let (next_start, next_end) = (rows.row_range(first + 2 * P).0, rows.row_range(first + 4 * P - 1).1);
+        for entry in (next_start..next_end.min(next_start + 256)).step_by(16) {
+            // SAFETY: `entry < next_end <= values.len() == indices.len()`.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(values.add(entry).cast());
+                if entry % 32 < 16 {
+                    _mm_prefetch::<_MM_HINT_T0>(indices.add(entry).cast());
                 }
             }
-            let [mut sums0, mut sums1, mut sums2, mut sums3] = running;
-            let quads = segments.map(|(start, end)| (end - start) / 4);
-            let common = quads[0].min(quads[1]).min(quads[2]).min(quads[3]);
-            for quad in 0..common {
-                // SAFETY: `quad < common`, so entries `start + 4 * quad ..` plus four are in each
-                // segment; see above for the indices.
-                unsafe {
-                    sums0 = spmv_quad(sums0, indices, values, x, segments[0].0 + 4 * quad);
-                    sums1 = spmv_quad(sums1, indices, values, x, segments[1].0 + 4 * quad);
-                    sums2 = spmv_quad(sums2, indices, values, x, segments[2].0 + 4 * quad);
-                    sums3 = spmv_quad(sums3, indices, values, x, segments[3].0 + 4 * quad);
-                }
-            }
-            // SAFETY: each segment's own entries, from past its common quads; see above.
-            let finish = |sums, i: usize| unsafe {
-                let value = spmv_finish(sums, indices, values, x, segments[i], segments[i].0 + 4 * common);
-                _mm_setr_ps(value, 0.0, 0.0, 0.0)
-            };
-            running = [finish(sums0, 0), finish(sums1, 1), finish(sums2, 2), finish(sums3, 3)];
         }
-        *out = running.map(|sums| _mm_cvtss_f32(sums));
     }
-    for (i, out) in rest.iter_mut().enumerate() {
-        let row = first_rest + i;
-        let mut running = start_value(row);
-        for block in 0..rows.n_blocks() {
-            let segment = rows.segment(row, block);
-            // SAFETY: the row's own segment; see above.
-            let value = unsafe { spmv_finish(running, indices, values, x, segment, segment.0) };
-            running = _mm_setr_ps(value, 0.0, 0.0, 0.0);
+    let mut sums: [__m128; P] = std::array::from_fn(|p| _mm_setr_ps(start[p][0], 0.0, start[p][1], 0.0));
+    let common = ranges.iter().flatten().map(|(start, end)| (end - start) / 2).min().unwrap_or(0);
+    for pair in 0..common {
+        for p in 0..P {
+            let [(a, _), (b, _)] = ranges[p];
+            // SAFETY: entries `a + 2 * pair` and `b + 2 * pair`, and the ones after them, are in
+            // their rows (`pair < common`).
+            sums[p] = unsafe { spmv_pair_step(sums[p], indices, values, x, (a + 2 * pair, b + 2 * pair)) };
         }
-        *out = _mm_cvtss_f32(running);
     }
+    for p in 0..P {
+        // The pair's own common entries past those of all the rows.
+        let [(a, end_a), (b, end_b)] = ranges[p];
+        for pair in common..((end_a - a) / 2).min((end_b - b) / 2) {
+            // SAFETY: as above, for the pair's two rows.
+            sums[p] = unsafe { spmv_pair_step(sums[p], indices, values, x, (a + 2 * pair, b + 2 * pair)) };
+        }
+    }
+    std::array::from_fn(|p| {
+        let [(a, end_a), (b, end_b)] = ranges[p];
+        let done = ((end_a - a) / 2).min((end_b - b) / 2);
+        let mut lanes = [0.0f32; 4];
+        // SAFETY: four floats to a four-float array.
+        unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), sums[p]) };
+        std::array::from_fn(|row| {
+            let (start, end) = [(a, end_a), (b, end_b)][row];
+            let sums = (lanes[2 * row], lanes[2 * row + 1]);
+            // SAFETY: the rest of the row, from an even count of its entries.
+            unsafe { spmv_finish(sums, indices, values, x, start + 2 * done, end) }
+        })
+    })
 }
 
-/// Above this many bytes of entries SpMV reads them from memory rather than from the caches, and
-/// one row at a time (one sequential stream for the hardware prefetchers) beats four interleaved
-/// rows with software prefetches: 1.5 to 1.7x faster at 4096 x 4096, 10 % slower on the
-/// cache-resident MiniLM layers.
-const SPMV_STREAM_BYTES: usize = 1 << 20;
-
-/// A weight of -0.0 and an activation of +0.0 for the lanes past a segment's end: their product,
-/// -0.0, leaves every sum as it is (`s + -0.0 == s` for every `s`, -0.0 included).
-static NEG_ZERO: f32 = -0.0;
-static ZERO: f32 = 0.0;
-
-/// SpMV one row at a time, for matrices larger than the caches (see [`SPMV_STREAM_BYTES`]): the
-/// entries stream in order, and a segment's last zero to three entries take one masked step
-/// without a branch on their number.
+/// SpMV `2 * P` rows at a time (see [`spmv_rows`]), the last `n_rows % (2 * P)` one pair, then
+/// one row, at a time.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA, and the lengths must pass [`check_spmv`].
 #[target_feature(enable = "avx2,fma")]
-unsafe fn spmv_streaming_avx2<I: ColumnIndex + LoadFour>(
+unsafe fn spmv_avx2<I: ColumnIndex + LoadFour, const P: usize>(
     rows: RowsView<'_, I>,
     x: &[f32],
     bias: Option<&[f32]>,
     y: &mut [f32],
+    ahead: bool,
 ) {
-    let indices = rows.indices().as_ptr();
-    let values = rows.values().as_ptr();
-    let x = x.as_ptr();
-    for (row, out) in y.iter_mut().enumerate() {
-        let mut running = bias.map_or(0.0, |bias| bias[row]);
-        for block in 0..rows.n_blocks() {
-            let (start, end) = rows.segment(row, block);
-            let mut sums = _mm_setr_ps(running, 0.0, 0.0, 0.0);
-            if start < end {
-                let mut k = start;
-                // Segments come from the `RowsView`, whose entries exist and whose indices are
-                // `< cols == x.len()` (its invariant, with `check_spmv`).
-                while k + 4 <= end {
-                    // SAFETY: entries `k..k + 4` are in the segment (see above).
-                    sums = unsafe { spmv_quad(sums, indices, values, x, k) };
-                    k += 4;
-                }
-                // Lanes past the end read entry `end - 1` (in the segment) and then take
-                // `NEG_ZERO * ZERO` instead, without a branch.
-                // SAFETY: every entry read is `<= end - 1`, in the segment, and every pointer
-                // dereferenced is either such an entry's weight and activation or a static.
-                unsafe {
-                    let lane = |i: usize| {
-                        let entry = (k + i).min(end - 1);
-                        let (weight, activation) = (values.add(entry), x.add((*indices.add(entry)).col()));
-                        if k + i < end { (weight, activation) } else { (&raw const NEG_ZERO, &raw const ZERO) }
-                    };
-                    let ((w0, a0), (w1, a1), (w2, a2)) = (lane(0), lane(1), lane(2));
-                    let weights = _mm_setr_ps(*w0, *w1, *w2, -0.0);
-                    let activations = _mm_setr_ps(*a0, *a1, *a2, 0.0);
-                    sums = _mm_fmadd_ps(weights, activations, sums);
-                }
-            }
-            running = sum_lanes(sums);
-        }
-        *out = running;
+    let x_ptr = x.as_ptr();
+    let start = |row: usize| bias.map_or(0.0, |bias| bias[row]);
+    let mut row = 0;
+    // The rows of each call below are in the view (`y` has one value per row), and `x` holds
+    // `cols` floats (`check_spmv`).
+    while row + 2 * P <= y.len() {
+        let first = std::array::from_fn(|p| [start(row + 2 * p), start(row + 2 * p + 1)]);
+        // SAFETY: rows `row .. row + 2 * P`, as just said.
+        let done = unsafe { spmv_rows::<I, P>(&rows, x_ptr, row, first, ahead) };
+        y[row..row + 2 * P].copy_from_slice(done.as_flattened());
+        row += 2 * P;
+    }
+    while row + 2 <= y.len() {
+        // SAFETY: rows `row` and `row + 1`, as said above.
+        let done = unsafe { spmv_rows::<I, 1>(&rows, x_ptr, row, [[start(row), start(row + 1)]], false) };
+        y[row..row + 2].copy_from_slice(&done[0]);
+        row += 2;
+    }
+    if row < y.len() {
+        let indices = rows.indices().as_ptr();
+        let values = rows.values().as_ptr();
+        let (first, end) = rows.row_range(row);
+        // SAFETY: the row's own entries, from its first.
+        y[row] = unsafe { spmv_finish((start(row), 0.0), indices, values, x_ptr, first, end) };
     }
 }
 
-/// Two ymm registers: one running sum over a panel's 16 tokens.
-type Sum16 = [__m256; 2];
+/// Four ymm registers: one running sum over a panel's 32 tokens.
+type Sum32 = [__m256; 4];
 
-/// `sum += weight * panel column` for the 16 floats at `column`.
+/// `sum += weight * panel column` for the 32 floats at `column`.
 ///
 /// # Safety
-/// `column` must point to 16 readable f32.
+/// `column` must point to 32 readable f32.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn fma16(sum: &mut Sum16, weight: *const f32, column: *const f32) {
-    // SAFETY: the caller guarantees a readable `weight` and 16 readable f32 from `column`.
+unsafe fn fma32(sum: &mut Sum32, weight: *const f32, column: *const f32) {
+    // SAFETY: the caller guarantees a readable `weight` and 32 readable f32 from `column`.
     unsafe {
         let weight = _mm256_broadcast_ss(&*weight);
-        sum[0] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(column), sum[0]);
-        sum[1] = _mm256_fmadd_ps(weight, _mm256_loadu_ps(column.add(8)), sum[1]);
+        for (i, sum) in sum.iter_mut().enumerate() {
+            *sum = _mm256_fmadd_ps(weight, _mm256_loadu_ps(column.add(8 * i)), *sum);
+        }
     }
 }
 
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-fn add16(a: Sum16, b: Sum16) -> Sum16 {
-    [_mm256_add_ps(a[0], b[0]), _mm256_add_ps(a[1], b[1])]
+fn add32(a: Sum32, b: Sum32) -> Sum32 {
+    std::array::from_fn(|i| _mm256_add_ps(a[i], b[i]))
+}
+
+/// A row's two running sums at the start of column block `block`: the bias and zero at the
+/// first, else what the two halves of the tile hold.
+///
+/// # Safety
+/// `even` and `odd` must each point to 32 readable f32.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn sums32(block: usize, bias: f32, even: *const f32, odd: *const f32) -> (Sum32, Sum32) {
+    if block == 0 {
+        ([_mm256_set1_ps(bias); 4], [_mm256_setzero_ps(); 4])
+    } else {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            (
+                std::array::from_fn(|i| _mm256_loadu_ps(even.add(8 * i))),
+                std::array::from_fn(|i| _mm256_loadu_ps(odd.add(8 * i))),
+            )
+        }
+    }
+}
+
+/// Stores a row's two running sums after a column block: their total, the output, after the last
+/// block, else each to its half of the tile.
+///
+/// # Safety
+/// `even_out` and `odd_out` must each point to 32 writable f32.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn finish32(last_block: bool, even: Sum32, odd: Sum32, even_out: *mut f32, odd_out: *mut f32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if last_block {
+            store32(even_out, add32(even, odd));
+        } else {
+            store32(even_out, even);
+            store32(odd_out, odd);
+        }
+    }
+}
+
+/// Stores 32 sums to `out`.
+///
+/// # Safety
+/// `out` must point to 32 writable f32.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn store32(out: *mut f32, sum: Sum32) {
+    for (i, sum) in sum.into_iter().enumerate() {
+        // SAFETY: guaranteed by the caller.
+        unsafe { _mm256_storeu_ps(out.add(8 * i), sum) };
+    }
 }
 
 /// Four consecutive stored indices at once, read as whole words: scalar loads and shifts, which
@@ -416,6 +419,10 @@ trait LoadFour: Copy {
     /// # Safety
     /// `at` must point to four readable indices.
     unsafe fn load_four(at: *const Self) -> [usize; 4];
+
+    /// # Safety
+    /// `at` must point to two readable indices.
+    unsafe fn load_two(at: *const Self) -> [usize; 2];
 }
 
 impl LoadFour for u16 {
@@ -424,6 +431,13 @@ impl LoadFour for u16 {
         // SAFETY: the caller guarantees 4 readable u16, which are 8 bytes.
         let word = unsafe { at.cast::<u64>().read_unaligned() };
         std::array::from_fn(|i| (word >> (16 * i)) as u16 as usize)
+    }
+
+    #[inline(always)]
+    unsafe fn load_two(at: *const u16) -> [usize; 2] {
+        // SAFETY: the caller guarantees 2 readable u16, which are 4 bytes.
+        let word = unsafe { at.cast::<u32>().read_unaligned() };
+        [word as u16 as usize, (word >> 16) as usize]
     }
 }
 
@@ -434,7 +448,33 @@ impl LoadFour for u32 {
         let (low, high) = unsafe { (at.cast::<u64>().read_unaligned(), at.add(2).cast::<u64>().read_unaligned()) };
         [low as u32 as usize, (low >> 32) as usize, high as u32 as usize, (high >> 32) as usize]
     }
+
+    #[inline(always)]
+    unsafe fn load_two(at: *const u32) -> [usize; 2] {
+        // SAFETY: the caller guarantees 2 readable u32, which are 8 bytes.
+        let word = unsafe { at.cast::<u64>().read_unaligned() };
+        [word as u32 as usize, (word >> 32) as usize]
+    }
 }
+
+/// Asks for column block `block` (of `width` columns) of the panel at `panels[at..]` (its
+/// `width x TOKEN_BLOCK` activations, contiguous) in one sweep before the rows read it. The rows
+/// touch its cache lines in the order of their columns, which the hardware prefetchers cannot
+/// follow; when the panels have outgrown L2 (4096 columns x 128 tokens is 2 MiB) each line would
+/// otherwise be a separate wait on L3, and the sweep keeps many of them in flight at once.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn prefetch_block(panels: &[f32], at: usize, (block, width): (usize, usize), cols: usize) {
+    let first = at + block * width * TOKEN_BLOCK;
+    let last = at + cols.min((block + 1) * width) * TOKEN_BLOCK;
+    for line in (first..last).step_by(16) {
+        // SAFETY: `line < last <= panels.len()`; a prefetch does not fault in any case.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(panels.as_ptr().add(line).cast()) };
+    }
+}
+
+/// Rows ahead whose weights the first panel of a block prefetches.
+const AHEAD: usize = 4;
 
 /// # Safety
 /// The CPU must support AVX2 and FMA, and the lengths must pass [`check_spmm`].
@@ -450,60 +490,79 @@ unsafe fn spmm_avx2<I: ColumnIndex + LoadFour>(
     let values = rows.values().as_ptr();
     let n_rows = rows.n_rows();
     let panel_len = rows.cols() * TOKEN_BLOCK;
+    let (evens, odds) = tile.split_at_mut(n_panels * n_rows * TOKEN_BLOCK);
+    let n_blocks = rows.n_blocks();
     // Column block outermost: the block's weights are read once from memory and then from cache
-    // for every panel, and each panel's 24 KiB slice stays in L1 across the rows.
-    for block in 0..rows.n_blocks() {
+    // for every panel, and each panel's 24 KiB slice stays in L1 across the rows. A row's two
+    // running sums wait in the two halves of the tile between blocks.
+    for block in 0..n_blocks {
+        let last_block = block + 1 == n_blocks;
         for panel_idx in 0..n_panels {
             // SAFETY: `check_spmm` made `panels` hold `n_panels` panels of `panel_len` floats.
             let panel = unsafe { panels.as_ptr().add(panel_idx * panel_len) };
-            let tile = &mut tile[panel_idx * n_rows * TOKEN_BLOCK..][..n_rows * TOKEN_BLOCK];
-            for (row, out) in tile.chunks_exact_mut(TOKEN_BLOCK).enumerate() {
-                let out = out.as_mut_ptr();
-                let running: Sum16 = if block == 0 {
-                    [_mm256_set1_ps(bias.map_or(0.0, |bias| bias[row])); 2]
-                } else {
-                    // SAFETY: `out` is this row's 16 floats of the tile.
-                    unsafe { [_mm256_loadu_ps(out), _mm256_loadu_ps(out.add(8))] }
-                };
-                let zero = [_mm256_setzero_ps(); 2];
-                let (mut sum0, mut sum1, mut sum2, mut sum3) = (running, zero, zero, zero);
+            prefetch_block(panels, panel_idx * panel_len, (block, COL_BLOCK), rows.cols());
+            let evens = &mut evens[panel_idx * n_rows * TOKEN_BLOCK..][..n_rows * TOKEN_BLOCK];
+            let odds = &mut odds[panel_idx * n_rows * TOKEN_BLOCK..][..n_rows * TOKEN_BLOCK];
+            for (row, (even_out, odd_out)) in
+                evens.chunks_exact_mut(TOKEN_BLOCK).zip(odds.chunks_exact_mut(TOKEN_BLOCK)).enumerate()
+            {
+                let (even_out, odd_out) = (even_out.as_mut_ptr(), odd_out.as_mut_ptr());
+                // SAFETY: both are this row's 32 floats of their half of the tile.
+                let (mut even, mut odd) =
+                    unsafe { sums32(block, bias.map_or(0.0, |bias| bias[row]), even_out, odd_out) };
                 let (start, end) = rows.segment(row, block);
+                // An odd number of entries before this block puts its first one on the odd sum.
+                let swapped = (start - rows.row_range(row).0) % 2 == 1;
+                if swapped {
+                    (even, odd) = (odd, even);
+                }
+                if panel_idx == 0 && row + AHEAD < n_rows {
+                    // The first panel meets the block's weights in memory, a row at a time:
+                    // ask for a later row's segment now.
+                    let (next, next_end) = rows.segment(row + AHEAD, block);
+                    for entry in (next..next_end).step_by(16) {
+                        // SAFETY: `entry < next_end <= values.len() == indices.len()`.
+                        unsafe {
+                            _mm_prefetch::<_MM_HINT_T0>(values.add(entry).cast());
+                            _mm_prefetch::<_MM_HINT_T0>(indices.add(entry).cast());
+                        }
+                    }
+                }
                 let mut k = start;
                 // Every entry used below is `< end <= values.len() == indices.len()` by the
                 // `RowsView` invariant, and every stored index is `< cols`, so
-                // `col * 16 + 16 <= panel_len`.
+                // `col * 32 + 32 <= panel_len`.
                 // SAFETY: callers pass stored columns, within the panel as just said.
                 let column = |col: usize| unsafe { panel.add(col * TOKEN_BLOCK) };
                 while k + 4 <= end {
                     // SAFETY: entries `k..k + 4` are in the segment (see above).
                     unsafe {
                         let [col0, col1, col2, col3] = I::load_four(indices.add(k));
-                        fma16(&mut sum0, values.add(k), column(col0));
-                        fma16(&mut sum1, values.add(k + 1), column(col1));
-                        fma16(&mut sum2, values.add(k + 2), column(col2));
-                        fma16(&mut sum3, values.add(k + 3), column(col3));
+                        fma32(&mut even, values.add(k), column(col0));
+                        fma32(&mut odd, values.add(k + 1), column(col1));
+                        fma32(&mut even, values.add(k + 2), column(col2));
+                        fma32(&mut odd, values.add(k + 3), column(col3));
                     }
                     k += 4;
                 }
-                // The last one to three entries, in sums 0, 1 and 2.
+                // The last one to three entries, alternating from the even sum.
                 // SAFETY: each entry is read only when it is before `end` (see above).
                 unsafe {
                     if k < end {
-                        fma16(&mut sum0, values.add(k), column((*indices.add(k)).col()));
+                        fma32(&mut even, values.add(k), column((*indices.add(k)).col()));
                         if k + 1 < end {
-                            fma16(&mut sum1, values.add(k + 1), column((*indices.add(k + 1)).col()));
+                            fma32(&mut odd, values.add(k + 1), column((*indices.add(k + 1)).col()));
                             if k + 2 < end {
-                                fma16(&mut sum2, values.add(k + 2), column((*indices.add(k + 2)).col()));
+                                fma32(&mut even, values.add(k + 2), column((*indices.add(k + 2)).col()));
                             }
                         }
                     }
                 }
-                let total = add16(add16(sum0, sum1), add16(sum2, sum3));
-                // SAFETY: `out` is this row's 16 floats of the tile.
-                unsafe {
-                    _mm256_storeu_ps(out, total[0]);
-                    _mm256_storeu_ps(out.add(8), total[1]);
+                if swapped {
+                    (even, odd) = (odd, even);
                 }
+                // SAFETY: as for `sums32`.
+                unsafe { finish32(last_block, even, odd, even_out, odd_out) };
             }
         }
     }
@@ -525,7 +584,7 @@ impl<P: Pattern> Positions<P> {
 
     /// `group_col(slot + i) - group_col(slot)` for `i < 4` when `slot` is a multiple of
     /// `min(n, 4)`, which every four-slot step is: a block starts on a multiple of its slots
-    /// (`384 / m * n`, itself a multiple of `min(n, 4)`), and steps never split.
+    /// (`192 / m * n`, itself a multiple of `min(n, 4)`), and steps never split.
     #[inline(always)]
     fn quad_offset(self, i: usize) -> usize {
         (i >> self.pattern.group_shift()) << self.pattern.bits()
@@ -566,16 +625,27 @@ impl<P: Pattern> Positions<P> {
     }
 }
 
-/// One N:M row's SpMV state within a column block: its four running sums as xmm lanes, and the
-/// lane the next nonzero goes to.
+/// One N:M row's SpMV state within a column block: its two running sums, and whether the next
+/// nonzero goes to the odd one.
 #[derive(Clone, Copy)]
-struct NmLanes {
-    sums: __m128,
-    phase: usize,
+struct NmSums {
+    even: f32,
+    odd: f32,
+    phase: bool,
 }
 
-/// Advances `lanes` by one slot: skipped when zero, else added into lane `phase`. Through
-/// memory, as the lane is only known at run time: the path of padding slots and block ends.
+impl NmSums {
+    fn start(running: f32) -> Self {
+        NmSums { even: running, odd: 0.0, phase: false }
+    }
+
+    fn total(self) -> f32 {
+        self.even + self.odd
+    }
+}
+
+/// Advances `sums` by one slot: skipped when zero, else added into the sum `phase` names. The
+/// path of padding slots and block ends.
 ///
 /// # Safety
 /// `values.add(slot)` must be readable, `positions.word(slot)` safe, and the slot's column `<`
@@ -583,7 +653,7 @@ struct NmLanes {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn nm_spmv_slot<P: Pattern>(
-    lanes: &mut NmLanes,
+    sums: &mut NmSums,
     values: *const f32,
     positions: Positions<P>,
     x: *const f32,
@@ -594,24 +664,22 @@ unsafe fn nm_spmv_slot<P: Pattern>(
         let weight = *values.add(slot);
         if weight != 0.0 {
             let col = positions.group_col(slot) + positions.get(positions.word(slot), 0);
-            let mut sums = [0.0f32; 4];
-            _mm_storeu_ps(sums.as_mut_ptr(), lanes.sums);
-            sums[lanes.phase] = weight.mul_add(*x.add(col), sums[lanes.phase]);
-            lanes.sums = _mm_loadu_ps(sums.as_ptr());
-            lanes.phase = (lanes.phase + 1) % 4;
+            let sum = if sums.phase { &mut sums.odd } else { &mut sums.even };
+            *sum = weight.mul_add(*x.add(col), *sum);
+            sums.phase = !sums.phase;
         }
     }
 }
 
-/// Advances `lanes` by the four slots from `slot`: one vector fused multiply-add when they are
-/// all nonzero and start at lane 0 (always so in a `full` row), else slot by slot.
+/// Advances `sums` by the four slots from `slot`: straight into even, odd, even, odd when they
+/// are all nonzero and start on the even sum (always so in a `full` row), else slot by slot.
 ///
 /// # Safety
 /// Slots `slot..slot + 4` must be in the row, with columns `<` the length of `x`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn nm_spmv_quad<P: Pattern>(
-    lanes: &mut NmLanes,
+    sums: &mut NmSums,
     full: bool,
     values: *const f32,
     positions: Positions<P>,
@@ -620,15 +688,18 @@ unsafe fn nm_spmv_quad<P: Pattern>(
 ) {
     // SAFETY: guaranteed by the caller.
     unsafe {
-        let weights = _mm_loadu_ps(values.add(slot));
-        if full || (lanes.phase == 0 && _mm_movemask_ps(_mm_cmpneq_ps(weights, _mm_setzero_ps())) == 0b1111) {
+        let all_nonzero = || _mm_movemask_ps(_mm_cmpneq_ps(_mm_loadu_ps(values.add(slot)), _mm_setzero_ps())) == 0b1111;
+        if full || (!sums.phase && all_nonzero()) {
             let (word, base) = (positions.step_word(slot), positions.group_col(slot));
             let activation = |i: usize| *x.add(base + positions.quad_offset(i) + positions.get(word, i));
-            let activations = _mm_setr_ps(activation(0), activation(1), activation(2), activation(3));
-            lanes.sums = _mm_fmadd_ps(weights, activations, lanes.sums);
+            let weight = |i: usize| *values.add(slot + i);
+            sums.even = weight(0).mul_add(activation(0), sums.even);
+            sums.odd = weight(1).mul_add(activation(1), sums.odd);
+            sums.even = weight(2).mul_add(activation(2), sums.even);
+            sums.odd = weight(3).mul_add(activation(3), sums.odd);
         } else {
             for slot in slot..slot + 4 {
-                nm_spmv_slot(lanes, values, positions, x, slot);
+                nm_spmv_slot(sums, values, positions, x, slot);
             }
         }
     }
@@ -646,9 +717,7 @@ unsafe fn spmv_nm_avx2<P: Pattern>(pattern: P, rows: NmRows<'_>, x: &[f32], bias
         let packed = unsafe { rows.packed().as_ptr().add(row * row_bytes) };
         (values, Positions { packed, pattern }, rows.is_full(row))
     };
-    let start = |row: usize| NmLanes { sums: _mm_setr_ps(bias.map_or(0.0, |bias| bias[row]), 0.0, 0.0, 0.0), phase: 0 };
-    // Each block restarts the lanes from the running value, as the sum order says.
-    let restart = |lanes: NmLanes| NmLanes { sums: _mm_setr_ps(sum_lanes(lanes.sums), 0.0, 0.0, 0.0), phase: 0 };
+    let start = |row: usize| NmSums::start(bias.map_or(0.0, |bias| bias[row]));
     // Every slot below comes from `block_slots`, so it is in the row and its position word within
     // the row's bytes plus padding; every position is `< m`, so every column is `< cols ==
     // x.len()` (the `NmRows` invariants, with `check_spmv_nm`).
@@ -664,58 +733,52 @@ unsafe fn spmv_nm_avx2<P: Pattern>(pattern: P, rows: NmRows<'_>, x: &[f32], bias
             (values2, positions2, full2),
             (values3, positions3, full3),
         ] = [row_data(row), row_data(row + 1), row_data(row + 2), row_data(row + 3)];
-        // Four named states (not an array walked by a loop), so that they stay in registers.
-        let (mut lanes0, mut lanes1, mut lanes2, mut lanes3) =
-            (start(row), start(row + 1), start(row + 2), start(row + 3));
+        // Four named states (not an array walked by a loop), so that they stay in registers:
+        // eight dependency chains.
+        let (mut sums0, mut sums1, mut sums2, mut sums3) = (start(row), start(row + 1), start(row + 2), start(row + 3));
         for block in 0..rows.n_blocks() {
-            if block > 0 {
-                (lanes0, lanes1, lanes2, lanes3) = (restart(lanes0), restart(lanes1), restart(lanes2), restart(lanes3));
-            }
             let (first, last) = rows.block_slots(block);
             let mut slot = first;
             while slot + 4 <= last {
                 // SAFETY: slots `slot..slot + 4` are in the block (see above).
                 unsafe {
-                    nm_spmv_quad(&mut lanes0, full0, values0, positions0, x, slot);
-                    nm_spmv_quad(&mut lanes1, full1, values1, positions1, x, slot);
-                    nm_spmv_quad(&mut lanes2, full2, values2, positions2, x, slot);
-                    nm_spmv_quad(&mut lanes3, full3, values3, positions3, x, slot);
+                    nm_spmv_quad(&mut sums0, full0, values0, positions0, x, slot);
+                    nm_spmv_quad(&mut sums1, full1, values1, positions1, x, slot);
+                    nm_spmv_quad(&mut sums2, full2, values2, positions2, x, slot);
+                    nm_spmv_quad(&mut sums3, full3, values3, positions3, x, slot);
                 }
                 slot += 4;
             }
             for slot in slot..last {
                 // SAFETY: `slot` is in the block (see above).
                 unsafe {
-                    nm_spmv_slot(&mut lanes0, values0, positions0, x, slot);
-                    nm_spmv_slot(&mut lanes1, values1, positions1, x, slot);
-                    nm_spmv_slot(&mut lanes2, values2, positions2, x, slot);
-                    nm_spmv_slot(&mut lanes3, values3, positions3, x, slot);
+                    nm_spmv_slot(&mut sums0, values0, positions0, x, slot);
+                    nm_spmv_slot(&mut sums1, values1, positions1, x, slot);
+                    nm_spmv_slot(&mut sums2, values2, positions2, x, slot);
+                    nm_spmv_slot(&mut sums3, values3, positions3, x, slot);
                 }
             }
         }
-        *out = [lanes0, lanes1, lanes2, lanes3].map(|lanes| sum_lanes(lanes.sums));
+        *out = [sums0, sums1, sums2, sums3].map(NmSums::total);
     }
     for (i, out) in rest.iter_mut().enumerate() {
         let row = first_rest + i;
         let (values, positions, full) = row_data(row);
-        let mut lanes = start(row);
+        let mut sums = start(row);
         for block in 0..rows.n_blocks() {
-            if block > 0 {
-                lanes = restart(lanes);
-            }
             let (first, last) = rows.block_slots(block);
             let mut slot = first;
             while slot + 4 <= last {
                 // SAFETY: slots `slot..slot + 4` are in the block (see above).
-                unsafe { nm_spmv_quad(&mut lanes, full, values, positions, x, slot) };
+                unsafe { nm_spmv_quad(&mut sums, full, values, positions, x, slot) };
                 slot += 4;
             }
             for slot in slot..last {
                 // SAFETY: `slot` is in the block (see above).
-                unsafe { nm_spmv_slot(&mut lanes, values, positions, x, slot) };
+                unsafe { nm_spmv_slot(&mut sums, values, positions, x, slot) };
             }
         }
-        *out = sum_lanes(lanes.sums);
+        *out = sums.total();
     }
 }
 
@@ -732,22 +795,31 @@ unsafe fn spmm_nm_avx2<P: Pattern>(
 ) {
     let (n_rows, per_row, row_bytes) = (rows.n_rows(), rows.per_row(), rows.row_bytes());
     let panel_len = rows.cols() * TOKEN_BLOCK;
-    for block in 0..rows.n_blocks() {
+    let (evens, odds) = tile.split_at_mut(n_panels * n_rows * TOKEN_BLOCK);
+    let n_blocks = rows.n_blocks();
+    // Per row, whether an odd number of nonzeros came before the current block (padding slots
+    // do not count), which puts the block's first nonzero on the odd sum.
+    let mut odd_before = vec![false; n_rows];
+    for block in 0..n_blocks {
+        let last_block = block + 1 == n_blocks;
         let (first, last) = rows.block_slots(block);
         for panel_idx in 0..n_panels {
             // SAFETY: `check_spmm_nm` made `panels` hold `n_panels` panels of `panel_len` floats.
             let panel = unsafe { panels.as_ptr().add(panel_idx * panel_len) };
-            let tile = &mut tile[panel_idx * n_rows * TOKEN_BLOCK..][..n_rows * TOKEN_BLOCK];
-            for (row, out) in tile.chunks_exact_mut(TOKEN_BLOCK).enumerate() {
-                let out = out.as_mut_ptr();
-                let running: Sum16 = if block == 0 {
-                    [_mm256_set1_ps(bias.map_or(0.0, |bias| bias[row])); 2]
-                } else {
-                    // SAFETY: `out` is this row's 16 floats of the tile.
-                    unsafe { [_mm256_loadu_ps(out), _mm256_loadu_ps(out.add(8))] }
-                };
-                let zero = [_mm256_setzero_ps(); 2];
-                let (mut sum0, mut sum1, mut sum2, mut sum3) = (running, zero, zero, zero);
+            prefetch_block(panels, panel_idx * panel_len, (block, NM_COL_BLOCK), rows.cols());
+            let evens = &mut evens[panel_idx * n_rows * TOKEN_BLOCK..][..n_rows * TOKEN_BLOCK];
+            let odds = &mut odds[panel_idx * n_rows * TOKEN_BLOCK..][..n_rows * TOKEN_BLOCK];
+            for (row, (even_out, odd_out)) in
+                evens.chunks_exact_mut(TOKEN_BLOCK).zip(odds.chunks_exact_mut(TOKEN_BLOCK)).enumerate()
+            {
+                let (even_out, odd_out) = (even_out.as_mut_ptr(), odd_out.as_mut_ptr());
+                // SAFETY: both are this row's 32 floats of their half of the tile.
+                let (mut even, mut odd) =
+                    unsafe { sums32(block, bias.map_or(0.0, |bias| bias[row]), even_out, odd_out) };
+                let swapped = odd_before[row];
+                if swapped {
+                    (even, odd) = (odd, even);
+                }
                 let values = rows.values()[row * per_row..][..per_row].as_ptr();
                 let positions = Positions {
                     // SAFETY: `row < n_rows`; the positions hold `row_bytes` per row plus padding.
@@ -756,15 +828,15 @@ unsafe fn spmm_nm_avx2<P: Pattern>(
                 };
                 // Every slot used below is `< last <= per_row`, so its value is in the row and its
                 // position word within the row's bytes plus padding; every position is `< m`, so
-                // `col < cols` and `col * 16 + 16 <= panel_len` (the `NmRows` invariants, with
+                // `col < cols` and `col * 32 + 32 <= panel_len` (the `NmRows` invariants, with
                 // `check_spmm_nm`).
                 // SAFETY: callers pass slot columns, within the panel as just said.
                 let column = |col: usize| unsafe { panel.add(col * TOKEN_BLOCK) };
-                // The next nonzero goes to sum `phase`; zero (padding) slots are skipped. The
-                // sums stay in registers: every access names one of them.
-                let mut phase = 0;
-                // One slot, the slow path: skipped when zero, else added into sum `phase`. Each
-                // arm names its sum, which keeps all four in registers.
+                // The next nonzero goes to the odd sum when `phase` is set; zero (padding) slots
+                // are skipped.
+                let mut phase = false;
+                // One slot, the slow path: skipped when zero, else added into the sum `phase`
+                // names. Each arm names its sum, which keeps both in registers.
                 macro_rules! one_slot {
                     ($slot:expr) => {{
                         let slot = $slot;
@@ -773,18 +845,17 @@ unsafe fn spmm_nm_avx2<P: Pattern>(
                             if *values.add(slot) != 0.0 {
                                 let column = column(positions.group_col(slot) + positions.get(positions.word(slot), 0));
                                 let weight = values.add(slot);
-                                match phase {
-                                    0 => fma16(&mut sum0, weight, column),
-                                    1 => fma16(&mut sum1, weight, column),
-                                    2 => fma16(&mut sum2, weight, column),
-                                    _ => fma16(&mut sum3, weight, column),
+                                if phase {
+                                    fma32(&mut odd, weight, column);
+                                } else {
+                                    fma32(&mut even, weight, column);
                                 }
-                                phase = (phase + 1) % 4;
+                                phase = !phase;
                             }
                         }
                     }};
                 }
-                // Four consecutive slots from sum 0.
+                // Four consecutive slots from the even sum.
                 macro_rules! quad {
                     ($slot:expr) => {{
                         let slot = $slot;
@@ -793,16 +864,16 @@ unsafe fn spmm_nm_avx2<P: Pattern>(
                         unsafe {
                             let (word, base) = (positions.step_word(slot), positions.group_col(slot));
                             let at = |i: usize| column(base + positions.quad_offset(i) + positions.get(word, i));
-                            fma16(&mut sum0, values.add(slot), at(0));
-                            fma16(&mut sum1, values.add(slot + 1), at(1));
-                            fma16(&mut sum2, values.add(slot + 2), at(2));
-                            fma16(&mut sum3, values.add(slot + 3), at(3));
+                            fma32(&mut even, values.add(slot), at(0));
+                            fma32(&mut odd, values.add(slot + 1), at(1));
+                            fma32(&mut even, values.add(slot + 2), at(2));
+                            fma32(&mut odd, values.add(slot + 3), at(3));
                         }
                     }};
                 }
                 let mut slot = first;
                 if rows.is_full(row) {
-                    // No padding: every step is four nonzeros from sum 0, as in CSR.
+                    // No padding: every step is four nonzeros from the even sum, as in CSR.
                     while slot + 4 <= last {
                         quad!(slot);
                         slot += 4;
@@ -812,7 +883,7 @@ unsafe fn spmm_nm_avx2<P: Pattern>(
                         // SAFETY: slots `slot..slot + 4` are in the block (see above).
                         let weights = unsafe { _mm_loadu_ps(values.add(slot)) };
                         let nonzero = _mm_movemask_ps(_mm_cmpneq_ps(weights, _mm_setzero_ps()));
-                        if phase == 0 && nonzero == 0b1111 {
+                        if !phase && nonzero == 0b1111 {
                             quad!(slot);
                         } else {
                             // Slot by slot, keeping the steps whole (see `Positions::quad_offset`).
@@ -826,12 +897,15 @@ unsafe fn spmm_nm_avx2<P: Pattern>(
                 for slot in slot..last {
                     one_slot!(slot);
                 }
-                let total = add16(add16(sum0, sum1), add16(sum2, sum3));
-                // SAFETY: `out` is this row's 16 floats of the tile.
-                unsafe {
-                    _mm256_storeu_ps(out, total[0]);
-                    _mm256_storeu_ps(out.add(8), total[1]);
+                if panel_idx + 1 == n_panels {
+                    // The next block's; every panel of this one has read this block's.
+                    odd_before[row] = swapped != phase;
                 }
+                if swapped {
+                    (even, odd) = (odd, even);
+                }
+                // SAFETY: as for `sums32`.
+                unsafe { finish32(last_block, even, odd, even_out, odd_out) };
             }
         }
     }
@@ -991,7 +1065,7 @@ mod tests {
             scalar::spmv(rows.view(0..rows.n_rows()), &x, bias, &mut expected);
             let mut found = vec![f32::NAN; rows.n_rows()];
             // SAFETY: AVX2 and FMA were detected; the lengths match.
-            unsafe { spmv_streaming_avx2(rows.view(0..rows.n_rows()), &x, bias, &mut found) };
+            unsafe { spmv_avx2::<u16, SPMV_PAIRS>(rows.view(0..rows.n_rows()), &x, bias, &mut found, false) };
             let bits = |v: &[f32]| v.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&found), bits(&expected));
             assert!(expected.iter().any(|value| value.is_infinite()), "the case has no infinite output");
