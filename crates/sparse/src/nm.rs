@@ -6,7 +6,7 @@ use std::ops::Range;
 use crate::csr::{check_dense, density};
 use crate::kernels::Kernels;
 use crate::product::{self, RowSource, products};
-use crate::rows::{ColumnIndex, NM_PADDING, NmRows, RowsView, SparseRows};
+use crate::rows::{ColumnIndex, NM_PADDING, NmLanes, NmRows, RowsView, SparseRows};
 use crate::{Error, Result};
 
 /// A `[rows, cols]` f32 matrix with at most `n` nonzeros in every group of `m` consecutive
@@ -40,6 +40,16 @@ pub struct NmMatrix {
     nnz: usize,
     /// Per row, whether no slot is padding (the kernels' fast path).
     full_rows: Vec<bool>,
+    /// 2:4 and 1:4: the rows eight side by side, for the SpMV kernel (see `NmLanes`).
+    lanes: Option<Lanes>,
+}
+
+/// The owned data of an `NmLanes`, for every whole eight rows of the matrix.
+#[derive(Debug, Clone, PartialEq)]
+struct Lanes {
+    values: Vec<f32>,
+    controls: Vec<u8>,
+    ready: Vec<bool>,
 }
 
 impl NmMatrix {
@@ -100,7 +110,34 @@ impl NmMatrix {
                 }
             }
         }
-        Ok(NmMatrix { rows, cols, n, m, values, packed_indices, nnz, full_rows })
+        let mut matrix = NmMatrix { rows, cols, n, m, values, packed_indices, nnz, full_rows, lanes: None };
+        if m == 4 && n <= 2 {
+            matrix.lanes = Some(matrix.lanes());
+        }
+        Ok(matrix)
+    }
+
+    /// The rows eight side by side (see `NmLanes`); only called for `m == 4`, `n <= 2`.
+    fn lanes(&self) -> Lanes {
+        let (groups, panels) = (self.cols / 4, self.rows / 8);
+        let mut lanes = Lanes {
+            values: vec![0.0; panels * groups * self.n * 8],
+            controls: vec![0; panels * groups * 8],
+            ready: (0..panels).map(|panel| self.full_rows[8 * panel..][..8].iter().all(|&full| full)).collect(),
+        };
+        let (bits, per_row) = (self.index_bits(), self.slots_per_row());
+        for row in 0..panels * 8 {
+            let (panel, lane) = (row / 8, row % 8);
+            let packed = &self.packed_indices[row * self.row_bytes()..][..self.row_bytes()];
+            for slot in 0..per_row {
+                let (group, in_group) = (slot / self.n, slot % self.n);
+                let at = (panel * groups + group) * 8 + lane;
+                lanes.values[((panel * groups + group) * self.n + in_group) * 8 + lane] =
+                    self.values[row * per_row + slot];
+                lanes.controls[at] |= (read_bits(packed, slot * bits, bits) as u8) << (2 * in_group);
+            }
+        }
+        lanes
     }
 
     /// Output features (rows of `W`).
@@ -154,7 +191,23 @@ impl NmMatrix {
         let (per_row, row_bytes) = (self.slots_per_row(), self.row_bytes());
         let values = &self.values[range.start * per_row..range.end * per_row];
         let packed = &self.packed_indices[range.start * row_bytes..range.end * row_bytes + NM_PADDING];
-        NmRows::new((range.len(), self.cols), (self.n, self.m), values, packed, &self.full_rows[range])
+        let rows =
+            NmRows::new((range.len(), self.cols), (self.n, self.m), values, packed, &self.full_rows[range.clone()])?;
+        match &self.lanes {
+            // The lanes start on a whole eight rows.
+            Some(lanes) if range.start.is_multiple_of(8) => {
+                let groups = self.cols / self.m;
+                let panels = range.start / 8..range.start / 8 + range.len() / 8;
+                let per_panel = groups * self.n * 8;
+                let lanes = NmLanes {
+                    values: &lanes.values[panels.start * per_panel..panels.end * per_panel],
+                    controls: &lanes.controls[panels.start * groups * 8..panels.end * groups * 8],
+                    ready: &lanes.ready[panels],
+                };
+                Some(rows.with_lanes(lanes).unwrap_or(rows))
+            }
+            _ => Some(rows),
+        }
     }
 
     /// Bytes of [`packed_indices`](Self::packed_indices) per row.

@@ -323,6 +323,22 @@ pub(crate) struct NmRows<'a> {
     /// Per row, whether every slot is nonzero (no padding): such rows take a loop without
     /// checks. A hint for speed, not for soundness.
     full: &'a [bool],
+    lanes: Option<NmLanes<'a>>,
+}
+
+/// The rows of a 2:4 or 1:4 matrix again, eight side by side, for the SpMV kernel that keeps a
+/// row in each lane of a vector (see [`NmRows::with_lanes`]).
+///
+/// For the `k`-th eight rows of the view and column group `g`: `values[((k * groups + g) * n +
+/// s) * 8 + i]` is slot `s` of row `8 * k + i`, and `controls[(k * groups + g) * 8 + i]` holds its
+/// positions, slot `s` in bits `2 * s ..`. `ready[k]` says whether all eight rows are full (no
+/// padding slot), the only ones the lanes may serve: then a row's `j`-th nonzero is its `j`-th
+/// slot, as the sum order needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NmLanes<'a> {
+    pub(crate) values: &'a [f32],
+    pub(crate) controls: &'a [u8],
+    pub(crate) ready: &'a [bool],
 }
 
 /// Bytes of readable padding after the packed positions of an N:M matrix.
@@ -341,11 +357,39 @@ impl<'a> NmRows<'a> {
         if !pattern_ok || !cols.is_multiple_of(m) {
             return None;
         }
-        let rows = NmRows { n_rows, cols, n, m, values, packed, full };
+        let rows = NmRows { n_rows, cols, n, m, values, packed, full, lanes: None };
         let lengths_ok = values.len() == n_rows * rows.per_row()
             && packed.len() >= n_rows * rows.row_bytes() + NM_PADDING
             && full.len() == n_rows;
         lengths_ok.then_some(rows)
+    }
+
+    /// These rows with their `lanes`, or `None` unless the pattern is 2:4 or 1:4 and the lanes
+    /// cover every whole eight rows of the view (lengths as [`NmLanes`] says).
+    pub(crate) fn with_lanes(self, lanes: NmLanes<'a>) -> Option<Self> {
+        let panels = self.n_rows / 8;
+        let groups = self.cols / self.m;
+        let ok = self.m == 4
+            && self.n <= 2
+            && lanes.ready.len() == panels
+            && lanes.values.len() == panels * groups * self.n * 8
+            && lanes.controls.len() == panels * groups * 8;
+        ok.then_some(NmRows { lanes: Some(lanes), ..self })
+    }
+
+    /// The lanes, when [`with_lanes`](Self::with_lanes) gave them.
+    pub(crate) fn lanes(&self) -> Option<NmLanes<'a>> {
+        self.lanes
+    }
+
+    /// Column groups per row.
+    pub(crate) fn groups(&self) -> usize {
+        self.cols / self.m
+    }
+
+    /// Slots per group.
+    pub(crate) fn n(&self) -> usize {
+        self.n
     }
 
     /// Whether every slot of `row` holds a nonzero.

