@@ -13,8 +13,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::kernels::{Kernels, TOKEN_BLOCK};
-use crate::rows::{COL_BLOCK, ColumnIndex, RowsView, SparseRows};
+use crate::kernels::{Kernels, LanesSpmmKernel, TOKEN_BLOCK};
+use crate::rows::{COL_BLOCK, ColumnIndex, NmRows, RowsView, SparseRows};
 
 /// A sparse matrix as the kernels see it.
 pub(crate) trait RowSource: Sync {
@@ -120,15 +120,7 @@ pub(crate) fn multiply<S: RowSource>(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    let (rows, cols) = (source.n_rows(), source.cols());
-    let x_len = n_tokens.checked_mul(cols).expect("n_tokens * cols overflows");
-    let y_len = n_tokens.checked_mul(rows).expect("n_tokens * rows overflows");
-    assert_eq!(x.len(), x_len, "x has {} values, not n_tokens x cols = {n_tokens} x {cols}", x.len());
-    assert_eq!(y.len(), y_len, "y has {} values, not n_tokens x rows = {n_tokens} x {rows}", y.len());
-    if let Some(bias) = bias {
-        assert_eq!(bias.len(), rows, "bias has {} values, not rows = {rows}", bias.len());
-    }
-    if y_len == 0 {
+    if !check_shapes((source.n_rows(), source.cols()), x, n_tokens, bias, y) {
         return;
     }
     let threads = rayon::current_num_threads();
@@ -139,6 +131,69 @@ pub(crate) fn multiply<S: RowSource>(
         spmv(kernels, source, x, bias, y, chunk, parallel);
     } else {
         spmm(kernels, source, x, n_tokens, bias, y, chunk, parallel);
+    }
+}
+
+/// The shape checks of a product; `false` when there is nothing to compute.
+///
+/// # Panics
+/// If a slice length does not match the shapes.
+#[track_caller]
+fn check_shapes((rows, cols): (usize, usize), x: &[f32], n_tokens: usize, bias: Option<&[f32]>, y: &[f32]) -> bool {
+    let x_len = n_tokens.checked_mul(cols).expect("n_tokens * cols overflows");
+    let y_len = n_tokens.checked_mul(rows).expect("n_tokens * rows overflows");
+    assert_eq!(x.len(), x_len, "x has {} values, not n_tokens x cols = {n_tokens} x {cols}", x.len());
+    assert_eq!(y.len(), y_len, "y has {} values, not n_tokens x rows = {n_tokens} x {rows}", y.len());
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), rows, "bias has {} values, not rows = {rows}", bias.len());
+    }
+    y_len > 0
+}
+
+/// `y = x W^T (+ bias)` with a [`LanesSpmmKernel`], for an N:M matrix whose every row is in ready
+/// lanes: `view` hands out the rows of a range (starting on a multiple of 8, as every chunk
+/// here does), which go straight from `x` to `y`, no panels. Chunks over rayon as [`multiply`]
+/// does; each output is computed whole by one call, so neither changes a result.
+///
+/// # Panics
+/// If a slice length does not match the shapes.
+#[track_caller]
+pub(crate) fn multiply_lanes<'a>(
+    kernel: LanesSpmmKernel,
+    view: impl Fn(Range<usize>) -> NmRows<'a> + Sync,
+    (rows, cols, n_entries): (usize, usize, usize),
+    x: &[f32],
+    n_tokens: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    if !check_shapes((rows, cols), x, n_tokens, bias, y) {
+        return;
+    }
+    let run = |range: Range<usize>, out: &mut [f32], stride: usize| {
+        let bias = bias.map(|bias| &bias[range.clone()]);
+        kernel(view(range), x, n_tokens, bias, out, stride);
+    };
+    let threads = rayon::current_num_threads();
+    if threads > 1 && n_entries.saturating_mul(n_tokens) >= PARALLEL_MIN_FMAS {
+        let chunk = rows.div_ceil(4 * threads).next_multiple_of(8);
+        let ranges: Vec<Range<usize>> =
+            (0..rows).step_by(chunk).map(|start| start..(start + chunk).min(rows)).collect();
+        let outputs: Vec<(Range<usize>, Vec<f32>)> = ranges
+            .into_par_iter()
+            .map(|range| {
+                let mut out = vec![0.0; n_tokens * range.len()];
+                run(range.clone(), &mut out, range.len());
+                (range, out)
+            })
+            .collect();
+        for (range, out) in outputs {
+            for (token, out) in out.chunks_exact(range.len()).enumerate() {
+                y[token * rows + range.start..][..range.len()].copy_from_slice(out);
+            }
+        }
+    } else {
+        run(0..rows, y, rows);
     }
 }
 

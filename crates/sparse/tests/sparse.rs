@@ -308,15 +308,18 @@ proptest! {
 fn a_token_sums_alike_alone_and_in_a_batch() {
     let (rows, cols) = (40, 900);
     let w = sparse_weights(rows, cols, 0.3, 1);
+    let two_four = nm_weights(rows, cols, 2, 4, 0.0, 11);
     let x = values(20 * cols, 2);
-    for table in tables() {
+    // 2:4 takes the lanes for these batches (and for one token); CSR and bitmask the panels.
+    for (table, n_tokens) in tables().into_iter().flat_map(|table| [(table, 20), (table, 9)]) {
         for matrix in [
             Any::Csr(CsrMatrix::from_dense(&w, rows, cols).unwrap()),
             Any::Bitmask(BitmaskMatrix::from_dense(&w, rows, cols).unwrap()),
+            Any::Nm(NmMatrix::from_dense(&two_four, rows, cols, 2, 4).unwrap()),
         ] {
-            let mut batch = vec![0.0; 20 * rows];
-            matrix.spmm_with(table, &x, 20, None, &mut batch);
-            for token in [0, 7, 16, 19] {
+            let mut batch = vec![0.0; n_tokens * rows];
+            matrix.spmm_with(table, &x[..n_tokens * cols], n_tokens, None, &mut batch);
+            for token in [0, 7, 16, 19].into_iter().filter(|&token| token < n_tokens) {
                 let mut alone = vec![0.0; rows];
                 matrix.spmm_with(table, &x[token * cols..][..cols], 1, None, &mut alone);
                 assert_eq!(
@@ -333,7 +336,8 @@ fn a_token_sums_alike_alone_and_in_a_batch() {
 
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
-    let (rows, cols, n_tokens) = (300, 800, 40);
+    // 2:4 with 9 tokens takes the lanes, with 70 the panels.
+    let (rows, cols, n_tokens) = (304, 800, 70);
     let w = sparse_weights(rows, cols, 0.5, 3);
     let x = values(n_tokens * cols, 4);
     let bias = values(rows, 5);
@@ -343,7 +347,7 @@ fn results_do_not_depend_on_the_thread_count() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
             let mut outputs = Vec::new();
-            for n_tokens in [1, n_tokens] {
+            for n_tokens in [1, 9, n_tokens] {
                 let x = &x[..n_tokens * cols];
                 let mut y = vec![0.0; n_tokens * rows];
                 csr.spmm_bias(x, n_tokens, &bias, &mut y);

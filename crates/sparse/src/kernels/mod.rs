@@ -31,6 +31,12 @@ pub(crate) type NmSpmvKernel = fn(NmRows<'_>, &[f32], Option<&[f32]>, &mut [f32]
 /// [`SpmmKernel`] reading N:M rows directly.
 pub(crate) type NmSpmmKernel = fn(NmRows<'_>, &[f32], usize, Option<&[f32]>, &mut [f32]);
 
+/// `y[t * stride + r] = row r . x[t] (+ bias[r])` for every token `t` of `x` (`[n_tokens, cols]`,
+/// the `usize` is `n_tokens`) and every row `r` of an N:M view whose rows are all in ready
+/// lanes (see [`NmLanes`](crate::rows::NmLanes)), their number a multiple of 8; the last `usize`
+/// is the stride.
+pub(crate) type LanesSpmmKernel = fn(NmRows<'_>, &[f32], usize, Option<&[f32]>, &mut [f32], usize);
+
 /// Transposes up to [`TOKEN_BLOCK`] tokens of `x` (`[n_tokens, cols]`) into a panel
 /// (`[cols, TOKEN_BLOCK]`), zero past `n_tokens`.
 pub(crate) type PackKernel = fn(&[f32], usize, usize, &mut [f32]);
@@ -52,6 +58,8 @@ pub struct Kernels {
     /// into entries (which is also how the scalar reference reads them).
     pub(crate) spmv_nm: Option<NmSpmvKernel>,
     pub(crate) spmm_nm: Option<NmSpmmKernel>,
+    /// A few tokens of a 2:4 or 1:4 matrix straight from `x`, where an instruction set has it.
+    pub(crate) spmm_lanes: Option<LanesSpmmKernel>,
     pub(crate) pack: PackKernel,
     pub(crate) unpack: UnpackKernel,
 }
@@ -71,6 +79,7 @@ static SCALAR: Kernels = Kernels {
     spmm_u32: scalar::spmm,
     spmv_nm: None,
     spmm_nm: None,
+    spmm_lanes: None,
     pack: scalar::pack,
     unpack: scalar::unpack,
 };
@@ -141,6 +150,28 @@ pub(crate) fn check_spmm_nm(rows: &NmRows<'_>, panels: &[f32], n_panels: usize, 
         2 * n_panels * rows.n_rows() * TOKEN_BLOCK,
         "tile is not 2 x {n_panels} x rows x {TOKEN_BLOCK}"
     );
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), rows.n_rows(), "bias has {} values, not rows = {}", bias.len(), rows.n_rows());
+    }
+}
+
+/// The length checks of [`LanesSpmmKernel`].
+#[track_caller]
+pub(crate) fn check_spmm_lanes(
+    rows: &NmRows<'_>,
+    x: &[f32],
+    n_tokens: usize,
+    bias: Option<&[f32]>,
+    y: &[f32],
+    stride: usize,
+) {
+    let lanes = rows.lanes().expect("rows with lanes");
+    assert!(rows.n_rows().is_multiple_of(8) && lanes.ready.iter().all(|&ready| ready), "rows not all in ready lanes");
+    assert_eq!(x.len(), n_tokens * rows.cols(), "x is not n_tokens x cols");
+    assert!(rows.n_rows() <= stride, "{} rows do not fit a stride of {stride}", rows.n_rows());
+    if n_tokens > 0 {
+        assert!(y.len() >= (n_tokens - 1) * stride + rows.n_rows(), "y is too short for {n_tokens} tokens");
+    }
     if let Some(bias) = bias {
         assert_eq!(bias.len(), rows.n_rows(), "bias has {} values, not rows = {}", bias.len(), rows.n_rows());
     }

@@ -35,7 +35,8 @@ use std::ops::Range;
 
 use crate::Isa;
 use crate::kernels::{
-    Kernels, TOKEN_BLOCK, check_pack, check_spmm, check_spmm_nm, check_spmv, check_spmv_nm, check_unpack,
+    Kernels, TOKEN_BLOCK, check_pack, check_spmm, check_spmm_lanes, check_spmm_nm, check_spmv, check_spmv_nm,
+    check_unpack,
 };
 use crate::rows::{COL_BLOCK, ColumnIndex, NM_COL_BLOCK, NmLanes, NmRows, RowsView};
 
@@ -47,6 +48,7 @@ static AVX2: Kernels = Kernels {
     spmm_u32: spmm::<u32>,
     spmv_nm: Some(spmv_nm),
     spmm_nm: Some(spmm_nm),
+    spmm_lanes: Some(spmm_lanes),
     pack,
     unpack,
 };
@@ -152,6 +154,12 @@ fn spmm_nm(rows: NmRows<'_>, panels: &[f32], n_panels: usize, bias: Option<&[f32
     check_spmm_nm(&rows, panels, n_panels, bias, tile);
     // SAFETY: AVX2 and FMA were detected (see above); the lengths were checked.
     unsafe { with_pattern!(rows, spmm_nm_avx2(rows, panels, n_panels, bias, tile)) }
+}
+
+fn spmm_lanes(rows: NmRows<'_>, x: &[f32], n_tokens: usize, bias: Option<&[f32]>, y: &mut [f32], stride: usize) {
+    check_spmm_lanes(&rows, x, n_tokens, bias, y, stride);
+    // SAFETY: AVX2 and FMA were detected (see above); the lengths and lanes were checked.
+    unsafe { spmm_lanes_avx2(rows, x, n_tokens, bias, y, stride) }
 }
 
 fn pack(x: &[f32], n_tokens: usize, cols: usize, panel: &mut [f32]) {
@@ -797,6 +805,105 @@ unsafe fn spmv_lanes<const K: usize>(
     for k in 0..K {
         // SAFETY: the slice is indexed (and bounds-checked) to exactly 8 floats before the store.
         unsafe { _mm256_storeu_ps(y[first_row + 8 * k..][..8].as_mut_ptr(), _mm256_add_ps(even[k], odd[k])) };
+    }
+}
+
+/// Tokens per step of [`spmm_lanes_avx2`]: two sums each, eight ymm accumulators.
+const LANE_TOKENS: usize = 4;
+
+/// # Safety
+/// The CPU must support AVX2 and FMA, and the arguments must pass [`check_spmm_lanes`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn spmm_lanes_avx2(
+    rows: NmRows<'_>,
+    x: &[f32],
+    n_tokens: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    stride: usize,
+) {
+    let lanes = rows.lanes().expect("checked");
+    for panel in 0..rows.n_rows() / 8 {
+        let mut token = 0;
+        // Each call's panel is ready and its tokens are in `x`; the lengths passed
+        // `check_spmm_lanes`.
+        while token + LANE_TOKENS <= n_tokens {
+            // SAFETY: as just said.
+            unsafe { lanes_tile::<LANE_TOKENS>(rows, lanes, panel, x, token, bias, y, stride) };
+            token += LANE_TOKENS;
+        }
+        // SAFETY: as said above, for the last zero to three tokens.
+        unsafe {
+            match n_tokens - token {
+                3 => lanes_tile::<3>(rows, lanes, panel, x, token, bias, y, stride),
+                2 => lanes_tile::<2>(rows, lanes, panel, x, token, bias, y, stride),
+                1 => lanes_tile::<1>(rows, lanes, panel, x, token, bias, y, stride),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Tokens `first .. first + T` of `x` times the eight rows from `8 * panel`, from their lanes, as
+/// [`spmv_lanes`] does for one token: the positions and weights of a group are loaded once for
+/// the `T` tokens.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, the panel must be ready, tokens `first .. first + T` in
+/// `x`, and the arguments must pass [`check_spmm_lanes`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn lanes_tile<const T: usize>(
+    rows: NmRows<'_>,
+    lanes: NmLanes<'_>,
+    panel: usize,
+    x: &[f32],
+    first: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    stride: usize,
+) {
+    let (groups, n, cols) = (rows.groups(), rows.n(), rows.cols());
+    let first_row = 8 * panel;
+    let start = match bias {
+        // SAFETY: the slice is indexed (and bounds-checked) to exactly 8 floats before the load.
+        Some(bias) => unsafe { _mm256_loadu_ps(bias[first_row..][..8].as_ptr()) },
+        None => _mm256_setzero_ps(),
+    };
+    let mut even = [start; T];
+    let mut odd = [_mm256_setzero_ps(); T];
+    let values = lanes.values[panel * groups * n * 8..][..groups * n * 8].as_ptr();
+    let controls = lanes.controls[panel * groups * 8..][..groups * 8].as_ptr();
+    let x = x[first * cols..][..T * cols].as_ptr();
+    // Every read below is within the slices just taken (`g < groups`, `t < T`, `cols == 4 *
+    // groups`).
+    // SAFETY: as just said.
+    unsafe {
+        for g in 0..groups {
+            let control = _mm256_cvtepu8_epi32(_mm_loadl_epi64(controls.add(8 * g).cast()));
+            if n == 2 {
+                let (w0, w1) = (_mm256_loadu_ps(values.add(16 * g)), _mm256_loadu_ps(values.add(16 * g + 8)));
+                let control1 = _mm256_srli_epi32::<2>(control);
+                for t in 0..T {
+                    let quad = _mm256_broadcast_ps(&*x.add(t * cols + 4 * g).cast::<__m128>());
+                    even[t] = _mm256_fmadd_ps(w0, _mm256_permutevar_ps(quad, control), even[t]);
+                    odd[t] = _mm256_fmadd_ps(w1, _mm256_permutevar_ps(quad, control1), odd[t]);
+                }
+            } else {
+                let w0 = _mm256_loadu_ps(values.add(8 * g));
+                for t in 0..T {
+                    let quad = _mm256_broadcast_ps(&*x.add(t * cols + 4 * g).cast::<__m128>());
+                    let sum = if g % 2 == 0 { &mut even[t] } else { &mut odd[t] };
+                    *sum = _mm256_fmadd_ps(w0, _mm256_permutevar_ps(quad, control), *sum);
+                }
+            }
+        }
+    }
+    for t in 0..T {
+        let out = &mut y[(first + t) * stride + first_row..][..8];
+        // SAFETY: the slice is indexed (and bounds-checked) to exactly 8 floats before the store.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(even[t], odd[t])) };
     }
 }
 
