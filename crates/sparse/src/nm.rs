@@ -332,13 +332,13 @@ impl<I: ColumnIndex> RowSource for Decoded<'_, I> {
         range: Range<usize>,
         scratch: &mut SparseRows<I>,
         panels: &[f32],
-        n_panels: usize,
+        n_tokens: usize,
         bias: Option<&[f32]>,
         tile: &mut [f32],
     ) {
         match (kernels.spmm_nm, self.0.direct_rows(range.clone())) {
-            (Some(kernel), Some(rows)) => kernel(rows, panels, n_panels, bias, tile),
-            _ => (I::spmm_kernel(kernels))(self.view(range, scratch), panels, n_panels, bias, tile),
+            (Some(kernel), Some(rows)) => kernel(rows, panels, n_tokens, bias, tile),
+            _ => (I::spmm_kernel(kernels))(self.view(range, scratch), panels, n_tokens, bias, tile),
         }
     }
 

@@ -54,11 +54,11 @@ pub(crate) trait RowSource: Sync {
         range: Range<usize>,
         scratch: &mut SparseRows<Self::Index>,
         panels: &[f32],
-        n_panels: usize,
+        n_tokens: usize,
         bias: Option<&[f32]>,
         tile: &mut [f32],
     ) {
-        (Self::Index::spmm_kernel(kernels))(self.view(range, scratch), panels, n_panels, bias, tile);
+        (Self::Index::spmm_kernel(kernels))(self.view(range, scratch), panels, n_tokens, bias, tile);
     }
 }
 
@@ -251,7 +251,7 @@ fn spmm<S: RowSource>(
             let bias = bias.map(|bias| &bias[range.clone()]);
             let outputs = n_panels * n_rows * TOKEN_BLOCK;
             tile.resize(2 * outputs, 0.0);
-            source.spmm(kernels, range, scratch, panels, n_panels, bias, tile);
+            source.spmm(kernels, range, scratch, panels, n_tokens, bias, tile);
             let outputs = &tile[..outputs];
             for (tile, first_token) in
                 outputs.chunks_exact(n_rows * TOKEN_BLOCK).zip((0..n_tokens).step_by(TOKEN_BLOCK))

@@ -20,7 +20,8 @@ pub(crate) type SpmvKernel<I> = fn(RowsView<'_, I>, &[f32], Option<&[f32]>, &mut
 
 /// Every panel of a call: `tile[(p * n_rows + r) * TOKEN_BLOCK + j] = row r . panel p column j (+
 /// bias[r])` for every row of the view, where `panels[(p * cols + c) * TOKEN_BLOCK + j]` is token
-/// `p * TOKEN_BLOCK + j`'s activation `c`; the `usize` is the number of panels. The tile is twice
+/// `p * TOKEN_BLOCK + j`'s activation `c`; the `usize` is the number of tokens (the panels are
+/// `ceil(n_tokens / TOKEN_BLOCK)`, the last one zero past them). The tile is twice
 /// that long: its second half is the kernel's scratch (a row's odd running sums wait there
 /// between column blocks, the even ones in the first half).
 pub(crate) type SpmmKernel<I> = fn(RowsView<'_, I>, &[f32], usize, Option<&[f32]>, &mut [f32]);
@@ -116,10 +117,11 @@ pub(crate) fn check_spmv<I: ColumnIndex>(rows: &RowsView<'_, I>, x: &[f32], bias
 pub(crate) fn check_spmm<I: ColumnIndex>(
     rows: &RowsView<'_, I>,
     panels: &[f32],
-    n_panels: usize,
+    n_tokens: usize,
     bias: Option<&[f32]>,
     tile: &[f32],
 ) {
+    let n_panels = n_tokens.div_ceil(TOKEN_BLOCK);
     assert_eq!(panels.len(), n_panels * rows.cols() * TOKEN_BLOCK, "panels are not {n_panels} x cols x {TOKEN_BLOCK}");
     assert_eq!(
         tile.len(),
@@ -143,7 +145,8 @@ pub(crate) fn check_spmv_nm(rows: &NmRows<'_>, x: &[f32], bias: Option<&[f32]>, 
 
 /// The length checks of [`NmSpmmKernel`].
 #[track_caller]
-pub(crate) fn check_spmm_nm(rows: &NmRows<'_>, panels: &[f32], n_panels: usize, bias: Option<&[f32]>, tile: &[f32]) {
+pub(crate) fn check_spmm_nm(rows: &NmRows<'_>, panels: &[f32], n_tokens: usize, bias: Option<&[f32]>, tile: &[f32]) {
+    let n_panels = n_tokens.div_ceil(TOKEN_BLOCK);
     assert_eq!(panels.len(), n_panels * rows.cols() * TOKEN_BLOCK, "panels are not {n_panels} x cols x {TOKEN_BLOCK}");
     assert_eq!(
         tile.len(),

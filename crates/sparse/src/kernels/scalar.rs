@@ -23,11 +23,12 @@ pub(crate) fn spmv<I: ColumnIndex>(rows: RowsView<'_, I>, x: &[f32], bias: Optio
 pub(crate) fn spmm<I: ColumnIndex>(
     rows: RowsView<'_, I>,
     panels: &[f32],
-    n_panels: usize,
+    n_tokens: usize,
     bias: Option<&[f32]>,
     tile: &mut [f32],
 ) {
-    check_spmm(&rows, panels, n_panels, bias, tile);
+    check_spmm(&rows, panels, n_tokens, bias, tile);
+    let n_panels = n_tokens.div_ceil(TOKEN_BLOCK);
     let panel_len = rows.cols() * TOKEN_BLOCK;
     let outputs = n_panels * rows.n_rows() * TOKEN_BLOCK;
     for (index, out) in tile[..outputs].chunks_exact_mut(TOKEN_BLOCK).enumerate() {
