@@ -250,7 +250,11 @@ fn spmm<S: RowSource>(
             let n_rows = range.len();
             let bias = bias.map(|bias| &bias[range.clone()]);
             let outputs = n_panels * n_rows * TOKEN_BLOCK;
-            tile.resize(2 * outputs, 0.0);
+            // The kernel writes every float before it reads it: grow, never clear.
+            if tile.len() < 2 * outputs {
+                tile.resize(2 * outputs, 0.0);
+            }
+            let tile = &mut tile[..2 * outputs];
             source.spmm(kernels, range, scratch, panels, n_tokens, bias, tile);
             let outputs = &tile[..outputs];
             for (tile, first_token) in
@@ -268,10 +272,10 @@ fn spmm<S: RowSource>(
                 .collect::<Vec<_>>()
                 .into_par_iter()
                 .map_init(
-                    || (SparseRows::new(cols), Vec::new()),
-                    |(scratch, tile), range| {
+                    || SparseRows::new(cols),
+                    |scratch, range| {
                         let mut out = vec![0.0; n_tokens * range.len()];
-                        run_chunk(scratch, tile, range.clone(), &mut out, range.len());
+                        with_tile(|tile| run_chunk(scratch, tile, range.clone(), &mut out, range.len()));
                         (range, out)
                     },
                 )
@@ -283,11 +287,12 @@ fn spmm<S: RowSource>(
             }
         } else {
             let mut scratch = SparseRows::new(cols);
-            let mut tile = Vec::new();
-            for range in ranges {
-                let start = range.start;
-                run_chunk(&mut scratch, &mut tile, range, &mut y[start..], rows);
-            }
+            with_tile(|tile| {
+                for range in ranges {
+                    let start = range.start;
+                    run_chunk(&mut scratch, tile, range, &mut y[start..], rows);
+                }
+            });
         }
     });
 }
@@ -296,6 +301,17 @@ thread_local! {
     /// The panels of the last call on this thread, kept so that repeated products neither
     /// allocate nor fault in fresh pages.
     static PANELS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The tile of the last chunk on this thread, kept for the same reason (it is twice the
+    /// outputs of a chunk: zeroing a fresh one cost a sixth of a 95 %-sparse 384 x 384 product).
+    static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's tile buffer (or a fresh one inside a nested product).
+fn with_tile<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    TILE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => f(&mut buffer),
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 /// Runs `f` on `len` floats of panel scratch, starting on a 64-byte boundary so that each

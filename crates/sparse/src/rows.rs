@@ -287,7 +287,8 @@ impl<'a, I: ColumnIndex> RowsView<'a, I> {
     #[inline(always)]
     pub(crate) fn segment(&self, row: usize, block: usize) -> (usize, usize) {
         let at = row * (self.n_blocks + 1) + block;
-        (self.bounds[at], self.bounds[at + 1])
+        let pair = &self.bounds[at..at + 2];
+        (pair[0], pair[1])
     }
 
     /// `start..end` of all the entries of row `row`, with `start <= end <= values().len()`.

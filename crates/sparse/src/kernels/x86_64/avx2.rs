@@ -512,7 +512,7 @@ fn prefetch_block(panels: &[f32], at: usize, (block, width): (usize, usize), col
     let last = at + cols.min((block + 1) * width) * TOKEN_BLOCK;
     for line in (first..last).step_by(16) {
         // SAFETY: `line < last <= panels.len()`; a prefetch does not fault in any case.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(panels.as_ptr().add(line).cast()) };
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(panels.as_ptr().add(line).cast()) };
     }
 }
 
@@ -591,46 +591,65 @@ impl<I: ColumnIndex + LoadFour> PanelPass<'_, '_, I> {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn run<const V: usize, const R: usize>(&self) {
         let n_rows = self.rows.n_rows();
-        let mut row = 0;
-        while row + R <= n_rows {
-            // SAFETY: rows within the view; the caller's guarantee for the rest.
-            unsafe { self.rows_together::<V, R>(row) };
-            row += R;
-        }
-        while row < n_rows {
-            // SAFETY: as above, one row.
-            unsafe { self.rows_together::<V, 1>(row) };
-            row += 1;
+        let whole = n_rows - n_rows % R;
+        // SAFETY: rows within the view; the caller's guarantee for the rest.
+        unsafe {
+            self.rows_together::<V, R>(0..whole);
+            self.rows_together::<V, 1>(whole..n_rows);
         }
     }
 
-    /// Rows `first .. first + R`: their common quads of entries interleaved, then each row's
-    /// rest alone.
+    /// The rows of `range`, `R` at a time: their common quads of entries interleaved, then each
+    /// row's rest alone.
+    ///
+    /// # Safety
+    /// As for [`run`](Self::run); the rows of `range` must be in the view and their number a
+    /// multiple of `R`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_together<const V: usize, const R: usize>(&self, range: Range<usize>) {
+        for first in range.step_by(R) {
+            // SAFETY: as for this function, for rows `first .. first + R`.
+            unsafe { self.rows_at::<V, R>(first) };
+        }
+    }
+
+    /// Rows `first .. first + R` (see [`rows_together`](Self::rows_together)).
     ///
     /// # Safety
     /// As for [`run`](Self::run), and rows `first .. first + R` must be in the view.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn rows_together<const V: usize, const R: usize>(&self, first: usize) {
+    unsafe fn rows_at<const V: usize, const R: usize>(&self, first: usize) {
         let rows = self.rows;
         let (indices, values) = (rows.indices().as_ptr(), rows.values().as_ptr());
         // Every entry read below is in its row's segment, so `< values.len() == indices.len()`,
         // and its index is `< cols`, so `col * 32 + 32 <= cols * 32` floats of the panel (the
         // `RowsView` invariant).
-        // SAFETY: callers pass stored columns, within the panel as just said.
-        let column = |col: usize| unsafe { self.panel.add(col * TOKEN_BLOCK) };
-        // SAFETY: rows of the view, whose 32 floats of each half are in the tile.
-        let outs: [(*mut f32, *mut f32); R] = std::array::from_fn(|i| unsafe {
-            (self.evens.add((first + i) * TOKEN_BLOCK), self.odds.add((first + i) * TOKEN_BLOCK))
-        });
-        let segments: [(usize, usize); R] = std::array::from_fn(|i| rows.segment(first + i, self.block));
+        // (A macro, not a closure: closures do not inherit `target_feature`, and their calls
+        // would not be inlined.)
+        macro_rules! column {
+            ($col:expr) => {
+                self.panel.add($col * TOKEN_BLOCK)
+            };
+        }
+        // Plain loops rather than `array::from_fn`, for the same reason.
+        let mut outs = [(std::ptr::null_mut::<f32>(), std::ptr::null_mut::<f32>()); R];
+        let mut segments = [(0, 0); R];
         // An odd number of a row's entries before this block puts its first one on the odd sum.
-        let swapped: [bool; R] = std::array::from_fn(|i| (segments[i].0 - rows.row_range(first + i).0) % 2 == 1);
+        let mut swapped = [false; R];
         let mut even = [[_mm256_setzero_ps(); V]; R];
         let mut odd = [[_mm256_setzero_ps(); V]; R];
         for i in 0..R {
+            // SAFETY: rows of the view, whose 32 floats of each half are in the tile.
+            outs[i] = unsafe { (self.evens.add((first + i) * TOKEN_BLOCK), self.odds.add((first + i) * TOKEN_BLOCK)) };
+            segments[i] = rows.segment(first + i, self.block);
+            swapped[i] = self.block > 0 && (segments[i].0 - rows.row_range(first + i).0) % 2 == 1;
+            let bias = match self.bias {
+                Some(bias) => bias[first + i],
+                None => 0.0,
+            };
             // SAFETY: `outs[i]` are this row's floats of the tile.
-            (even[i], odd[i]) = unsafe { sums(self.block, self.bias.map_or(0.0, |bias| bias[first + i]), outs[i]) };
+            (even[i], odd[i]) = unsafe { sums(self.block, bias, outs[i]) };
             if swapped[i] {
                 (even[i], odd[i]) = (odd[i], even[i]);
             }
@@ -649,17 +668,20 @@ impl<I: ColumnIndex + LoadFour> PanelPass<'_, '_, I> {
                 }
             }
         }
-        let common = segments.iter().map(|(start, end)| (end - start) / 4).min().unwrap_or(0);
+        let mut common = usize::MAX;
+        for (start, end) in segments {
+            common = common.min((end - start) / 4);
+        }
         for quad in 0..common {
             for i in 0..R {
                 let k = segments[i].0 + 4 * quad;
                 // SAFETY: entries `k..k + 4` are in row `i`'s segment (`quad < common`).
                 unsafe {
                     let [col0, col1, col2, col3] = I::load_four(indices.add(k));
-                    fma_v(&mut even[i], values.add(k), column(col0));
-                    fma_v(&mut odd[i], values.add(k + 1), column(col1));
-                    fma_v(&mut even[i], values.add(k + 2), column(col2));
-                    fma_v(&mut odd[i], values.add(k + 3), column(col3));
+                    fma_v(&mut even[i], values.add(k), column!(col0));
+                    fma_v(&mut odd[i], values.add(k + 1), column!(col1));
+                    fma_v(&mut even[i], values.add(k + 2), column!(col2));
+                    fma_v(&mut odd[i], values.add(k + 3), column!(col3));
                 }
             }
         }
@@ -670,19 +692,19 @@ impl<I: ColumnIndex + LoadFour> PanelPass<'_, '_, I> {
             unsafe {
                 while k + 4 <= end {
                     let [col0, col1, col2, col3] = I::load_four(indices.add(k));
-                    fma_v(&mut even[i], values.add(k), column(col0));
-                    fma_v(&mut odd[i], values.add(k + 1), column(col1));
-                    fma_v(&mut even[i], values.add(k + 2), column(col2));
-                    fma_v(&mut odd[i], values.add(k + 3), column(col3));
+                    fma_v(&mut even[i], values.add(k), column!(col0));
+                    fma_v(&mut odd[i], values.add(k + 1), column!(col1));
+                    fma_v(&mut even[i], values.add(k + 2), column!(col2));
+                    fma_v(&mut odd[i], values.add(k + 3), column!(col3));
                     k += 4;
                 }
                 // The last one to three entries, alternating from the even sum.
                 if k < end {
-                    fma_v(&mut even[i], values.add(k), column((*indices.add(k)).col()));
+                    fma_v(&mut even[i], values.add(k), column!((*indices.add(k)).col()));
                     if k + 1 < end {
-                        fma_v(&mut odd[i], values.add(k + 1), column((*indices.add(k + 1)).col()));
+                        fma_v(&mut odd[i], values.add(k + 1), column!((*indices.add(k + 1)).col()));
                         if k + 2 < end {
-                            fma_v(&mut even[i], values.add(k + 2), column((*indices.add(k + 2)).col()));
+                            fma_v(&mut even[i], values.add(k + 2), column!((*indices.add(k + 2)).col()));
                         }
                     }
                 }
@@ -1277,17 +1299,23 @@ fn transpose8(rows: [__m256; 8]) -> [__m256; 8] {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 fn load8x8(src: &[f32], at: usize, stride: usize) -> [__m256; 8] {
-    // SAFETY: the slice is indexed (and bounds-checked) to exactly 8 floats before the load.
-    std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src[at + i * stride..][..8].as_ptr()) })
+    assert!(stride >= 8, "rows of 8 overlap at stride {stride}");
+    // One bounds check for the whole block: every row `i` is in it.
+    let block = &src[at..at + 7 * stride + 8];
+    // SAFETY: `i * stride + 8 <= block.len()` for `i < 8`.
+    std::array::from_fn(|i| unsafe { _mm256_loadu_ps(block.as_ptr().add(i * stride)) })
 }
 
 /// Stores `rows[i]` to `dst[at + i * stride ..][..8]` for `i` in `0..8`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 fn store8x8(rows: [__m256; 8], dst: &mut [f32], at: usize, stride: usize) {
+    assert!(stride >= 8, "rows of 8 overlap at stride {stride}");
+    // One bounds check for the whole block, as in `load8x8`.
+    let block = &mut dst[at..at + 7 * stride + 8];
     for (i, row) in rows.into_iter().enumerate() {
-        // SAFETY: the slice is indexed (and bounds-checked) to exactly 8 floats before the store.
-        unsafe { _mm256_storeu_ps(dst[at + i * stride..][..8].as_mut_ptr(), row) };
+        // SAFETY: `i * stride + 8 <= block.len()` for `i < 8`.
+        unsafe { _mm256_storeu_ps(block.as_mut_ptr().add(i * stride), row) };
     }
 }
 
