@@ -546,9 +546,15 @@ fn the_rule_prefers_sparse_only_where_it_was_measured_to_win() {
     assert!(!prefer_sparse(Format::Csr, 1536, 384, 0.9, 128));
     assert!(!prefer_sparse(Format::Bitmask, 384, 384, 1.0, 1));
     assert!(!prefer_sparse(Format::Csr, 0, 0, 0.0, 0));
-    // 2:4 and half-pruned layers win at 32 tokens, not in batches of hundreds.
+    // 2:4 wins at every batch size on cache-sized layers, not at 2 to 4 tokens on big ones.
     let two_four = Format::Nm { n: 2, m: 4 };
-    assert!(prefer_sparse(two_four, 384, 384, 0.5, 32) && !prefer_sparse(two_four, 384, 384, 0.5, 256));
+    assert!([1, 2, 4, 8, 32, 128, 256].into_iter().all(|tokens| prefer_sparse(two_four, 384, 384, 0.5, tokens)));
+    assert!(prefer_sparse(two_four, 4096, 4096, 0.5, 1) && !prefer_sparse(two_four, 4096, 4096, 0.5, 2));
+    // Half-pruned layers win from 32 tokens, not below nor in batches of hundreds; 4:8 takes
+    // CSR's thresholds.
     assert!(prefer_sparse(Format::Csr, 384, 1536, 0.5, 32) && !prefer_sparse(Format::Csr, 384, 1536, 0.5, 256));
+    assert!(
+        !prefer_sparse(Format::Csr, 384, 1536, 0.5, 8) && !prefer_sparse(Format::Nm { n: 4, m: 8 }, 384, 384, 0.5, 8)
+    );
     assert!(prefer_sparse(Format::Csr, 384, 1536, 0.3, 256));
 }

@@ -558,7 +558,7 @@ unsafe fn spmm_avx2<I: ColumnIndex + LoadFour>(
             unsafe {
                 match live {
                     4 => pass.run::<4, 1>(),
-                    3 => pass.run::<3, 2>(),
+                    3 => pass.run::<3, 1>(),
                     2 => pass.run::<2, 2>(),
                     _ => pass.run::<1, 4>(),
                 }
