@@ -30,7 +30,10 @@
 //! where the row-major layout would need a gather per token. The transpose costs one pass over
 //! `x` and the results come back through the same 8 x 8 register transposes, one pass over `y`:
 //! together about a fifth of a 90 %-sparse 128-token product on MiniLM shapes and a few percent
-//! at 50 %, paid once per call for every row. One token (SpMV) reads `x` directly.
+//! at 50 %, paid once per call for every row. One or two tokens (SpMV, token by token) read `x`
+//! directly, and so do 2:4 and 1:4 products of up to 64 tokens, whose rows sit eight side by
+//! side in vector lanes: a group's four activations are broadcast and permuted into the lanes by
+//! the rows' positions, which needs no transpose.
 //!
 //! # Sum order
 //! Every path, batch size and thread count computes each output with the same sequence of f32
