@@ -121,15 +121,17 @@ pub(crate) fn check_spmm<I: ColumnIndex>(
     bias: Option<&[f32]>,
     tile: &[f32],
 ) {
+    check_panels((rows.n_rows(), rows.cols()), panels, n_tokens, bias, tile);
+}
+
+/// The panel, tile and bias lengths of an SpMM over `n_rows` rows of `cols` columns.
+#[track_caller]
+fn check_panels((n_rows, cols): (usize, usize), panels: &[f32], n_tokens: usize, bias: Option<&[f32]>, tile: &[f32]) {
     let n_panels = n_tokens.div_ceil(TOKEN_BLOCK);
-    assert_eq!(panels.len(), n_panels * rows.cols() * TOKEN_BLOCK, "panels are not {n_panels} x cols x {TOKEN_BLOCK}");
-    assert_eq!(
-        tile.len(),
-        2 * n_panels * rows.n_rows() * TOKEN_BLOCK,
-        "tile is not 2 x {n_panels} x rows x {TOKEN_BLOCK}"
-    );
+    assert_eq!(panels.len(), n_panels * cols * TOKEN_BLOCK, "panels are not {n_panels} x cols x {TOKEN_BLOCK}");
+    assert_eq!(tile.len(), 2 * n_panels * n_rows * TOKEN_BLOCK, "tile is not 2 x {n_panels} x rows x {TOKEN_BLOCK}");
     if let Some(bias) = bias {
-        assert_eq!(bias.len(), rows.n_rows(), "bias has {} values, not rows = {}", bias.len(), rows.n_rows());
+        assert_eq!(bias.len(), n_rows, "bias has {} values, not rows = {n_rows}", bias.len());
     }
 }
 
@@ -146,16 +148,7 @@ pub(crate) fn check_spmv_nm(rows: &NmRows<'_>, x: &[f32], bias: Option<&[f32]>, 
 /// The length checks of [`NmSpmmKernel`].
 #[track_caller]
 pub(crate) fn check_spmm_nm(rows: &NmRows<'_>, panels: &[f32], n_tokens: usize, bias: Option<&[f32]>, tile: &[f32]) {
-    let n_panels = n_tokens.div_ceil(TOKEN_BLOCK);
-    assert_eq!(panels.len(), n_panels * rows.cols() * TOKEN_BLOCK, "panels are not {n_panels} x cols x {TOKEN_BLOCK}");
-    assert_eq!(
-        tile.len(),
-        2 * n_panels * rows.n_rows() * TOKEN_BLOCK,
-        "tile is not 2 x {n_panels} x rows x {TOKEN_BLOCK}"
-    );
-    if let Some(bias) = bias {
-        assert_eq!(bias.len(), rows.n_rows(), "bias has {} values, not rows = {}", bias.len(), rows.n_rows());
-    }
+    check_panels((rows.n_rows(), rows.cols()), panels, n_tokens, bias, tile);
 }
 
 /// The length checks of [`LanesSpmmKernel`].
