@@ -112,18 +112,13 @@ impl NmMatrix {
         }
         let mut matrix = NmMatrix { rows, cols, n, m, values, packed_indices, nnz, full_rows, lanes: None };
         if m == 4 && n <= 2 {
-            matrix.lanes = Some(matrix.lanes());
+            matrix.lanes = Some(matrix.side_by_side());
         }
         Ok(matrix)
     }
 
-    /// Whether every row is in ready lanes (2:4 or 1:4, no padding, a multiple of 8 rows).
-    fn all_in_lanes(&self) -> bool {
-        self.lanes.as_ref().is_some_and(|lanes| self.rows.is_multiple_of(8) && lanes.ready.iter().all(|&ready| ready))
-    }
-
     /// The rows eight side by side (see `NmLanes`); only called for `m == 4`, `n <= 2`.
-    fn lanes(&self) -> Lanes {
+    fn side_by_side(&self) -> Lanes {
         let (groups, panels) = (self.cols / 4, self.rows / 8);
         let mut lanes = Lanes {
             values: vec![0.0; panels * groups * self.n * 8],
@@ -251,7 +246,7 @@ impl NmMatrix {
     fn source_multiply(&self, kernels: &Kernels, x: &[f32], n_tokens: usize, bias: Option<&[f32]>, y: &mut [f32]) {
         if let Some(kernel) = kernels.spmm_lanes
             && (2..=LANES_MAX_TOKENS).contains(&n_tokens)
-            && self.all_in_lanes()
+            && self.direct_rows(0..self.rows).is_some_and(|rows| rows.all_in_lanes())
         {
             // Every chunk `multiply_lanes` asks for starts on a multiple of 8, where the lanes do.
             let view = |range: Range<usize>| self.direct_rows(range).expect("a 2:4 or 1:4 view");

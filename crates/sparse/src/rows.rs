@@ -383,6 +383,12 @@ impl<'a> NmRows<'a> {
         self.lanes
     }
 
+    /// Whether every row is in ready lanes (so their number is a multiple of 8): what the
+    /// kernels that read `x` straight through the lanes need.
+    pub(crate) fn all_in_lanes(&self) -> bool {
+        self.lanes.is_some_and(|lanes| self.n_rows.is_multiple_of(8) && lanes.ready.iter().all(|&ready| ready))
+    }
+
     /// Column groups per row.
     pub(crate) fn groups(&self) -> usize {
         self.cols / self.m

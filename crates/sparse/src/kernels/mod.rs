@@ -161,8 +161,7 @@ pub(crate) fn check_spmm_lanes(
     y: &[f32],
     stride: usize,
 ) {
-    let lanes = rows.lanes().expect("rows with lanes");
-    assert!(rows.n_rows().is_multiple_of(8) && lanes.ready.iter().all(|&ready| ready), "rows not all in ready lanes");
+    assert!(rows.all_in_lanes(), "rows not all in ready lanes");
     assert_eq!(x.len(), n_tokens * rows.cols(), "x is not n_tokens x cols");
     assert!(rows.n_rows() <= stride, "{} rows do not fit a stride of {stride}", rows.n_rows());
     if n_tokens > 0 {

@@ -262,8 +262,14 @@ unsafe fn spmv_rows<I: ColumnIndex + LoadFour, const P: usize>(
     let values = rows.values().as_ptr();
     // Every entry read below is in its row, so `< values.len() == indices.len()`, and its index
     // is `< cols` (the `RowsView` invariant), which `x` holds (the caller).
-    let ranges: [[(usize, usize); 2]; P] =
-        std::array::from_fn(|p| [rows.row_range(first + 2 * p), rows.row_range(first + 2 * p + 1)]);
+    // Plain loops below rather than `array::from_fn`: closures do not inherit `target_feature`,
+    // so the intrinsics and kernels called in them would not be inlined.
+    let mut ranges = [[(0, 0); 2]; P];
+    let mut sums = [_mm_setzero_ps(); P];
+    for p in 0..P {
+        ranges[p] = [rows.row_range(first + 2 * p), rows.row_range(first + 2 * p + 1)];
+        sums[p] = _mm_setr_ps(start[p][0], 0.0, start[p][1], 0.0);
+    }
     if ahead && first + 4 * P <= rows.n_rows() {
         // The next rows' entries, ahead of time: interleaved rows defeat the hardware
         // prefetchers, and a small SpMV is bound by L2 latency.
@@ -278,7 +284,6 @@ unsafe fn spmv_rows<I: ColumnIndex + LoadFour, const P: usize>(
             }
         }
     }
-    let mut sums: [__m128; P] = std::array::from_fn(|p| _mm_setr_ps(start[p][0], 0.0, start[p][1], 0.0));
     let common = ranges.iter().flatten().map(|(start, end)| (end - start) / 2).min().unwrap_or(0);
     for pair in 0..common {
         for p in 0..P {
@@ -296,19 +301,22 @@ unsafe fn spmv_rows<I: ColumnIndex + LoadFour, const P: usize>(
             sums[p] = unsafe { spmv_pair_step(sums[p], indices, values, x, (a + 2 * pair, b + 2 * pair)) };
         }
     }
-    std::array::from_fn(|p| {
+    let mut done = [[0.0; 2]; P];
+    for p in 0..P {
         let [(a, end_a), (b, end_b)] = ranges[p];
-        let done = ((end_a - a) / 2).min((end_b - b) / 2);
+        let paired = ((end_a - a) / 2).min((end_b - b) / 2);
         let mut lanes = [0.0f32; 4];
         // SAFETY: four floats to a four-float array.
         unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), sums[p]) };
-        std::array::from_fn(|row| {
-            let (start, end) = [(a, end_a), (b, end_b)][row];
-            let sums = (lanes[2 * row], lanes[2 * row + 1]);
-            // SAFETY: the rest of the row, from an even count of its entries.
-            unsafe { spmv_finish(sums, indices, values, x, start + 2 * done, end) }
-        })
-    })
+        // SAFETY: the rest of each row, from an even count of its entries.
+        done[p] = unsafe {
+            [
+                spmv_finish((lanes[0], lanes[1]), indices, values, x, a + 2 * paired, end_a),
+                spmv_finish((lanes[2], lanes[3]), indices, values, x, b + 2 * paired, end_b),
+            ]
+        };
+    }
+    done
 }
 
 /// SpMV `2 * P` rows at a time (see [`spmv_rows`]), the last `n_rows % (2 * P)` one pair, then
@@ -370,17 +378,6 @@ unsafe fn fma_v<const V: usize>(sum: &mut [__m256; V], weight: *const f32, colum
     }
 }
 
-/// [`fma_v`] over all 32 tokens.
-///
-/// # Safety
-/// As for [`fma_v`].
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn fma32(sum: &mut Sum32, weight: *const f32, column: *const f32) {
-    // SAFETY: the caller's guarantee.
-    unsafe { fma_v(sum, weight, column) }
-}
-
 /// A row's two running sums (first `8 * V` tokens) at the start of column block `block`: the
 /// bias and zero at the first, else what the two halves of the tile hold.
 ///
@@ -404,17 +401,6 @@ unsafe fn sums<const V: usize>(
             )
         }
     }
-}
-
-/// [`sums`] over all 32 tokens.
-///
-/// # Safety
-/// As for [`sums`].
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn sums32(block: usize, bias: f32, even: *mut f32, odd: *mut f32) -> (Sum32, Sum32) {
-    // SAFETY: the caller's guarantee.
-    unsafe { sums(block, bias, (even, odd)) }
 }
 
 /// Stores a row's two running sums after a column block: their total, the output, after the last
@@ -445,19 +431,8 @@ unsafe fn finish<const V: usize>(
     }
 }
 
-/// [`finish`] over all 32 tokens.
-///
-/// # Safety
-/// As for [`finish`].
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn finish32(last_block: bool, even: Sum32, odd: Sum32, even_out: *mut f32, odd_out: *mut f32) {
-    // SAFETY: the caller's guarantee.
-    unsafe { finish(last_block, even, odd, (even_out, odd_out)) }
-}
-
-/// Four consecutive stored indices at once, read as whole words: scalar loads and shifts, which
-/// beat the vector loads and lane extractions the compiler otherwise emits.
+/// Four (or two) consecutive stored indices at once, read as whole words: scalar loads and
+/// shifts, which beat the vector loads and lane extractions the compiler otherwise emits.
 trait LoadFour: Copy {
     /// # Safety
     /// `at` must point to four readable indices.
@@ -613,6 +588,26 @@ impl<I: ColumnIndex + LoadFour> PanelPass<'_, '_, I> {
         }
     }
 
+    /// Entries `k .. k + 4` of a row into its sums: even, odd, even, odd.
+    ///
+    /// # Safety
+    /// As for [`run`](Self::run), and the four entries must be in one row's segment of this
+    /// block.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn quad<const V: usize>(&self, even: &mut [__m256; V], odd: &mut [__m256; V], k: usize) {
+        let (indices, values) = (self.rows.indices().as_ptr(), self.rows.values().as_ptr());
+        // SAFETY: the entries exist and their indices are `< cols` (the `RowsView` invariant), so
+        // each column's 32 floats are in the panel.
+        unsafe {
+            let [col0, col1, col2, col3] = I::load_four(indices.add(k));
+            fma_v(even, values.add(k), self.panel.add(col0 * TOKEN_BLOCK));
+            fma_v(odd, values.add(k + 1), self.panel.add(col1 * TOKEN_BLOCK));
+            fma_v(even, values.add(k + 2), self.panel.add(col2 * TOKEN_BLOCK));
+            fma_v(odd, values.add(k + 3), self.panel.add(col3 * TOKEN_BLOCK));
+        }
+    }
+
     /// Rows `first .. first + R` (see [`rows_together`](Self::rows_together)).
     ///
     /// # Safety
@@ -674,15 +669,8 @@ impl<I: ColumnIndex + LoadFour> PanelPass<'_, '_, I> {
         }
         for quad in 0..common {
             for i in 0..R {
-                let k = segments[i].0 + 4 * quad;
                 // SAFETY: entries `k..k + 4` are in row `i`'s segment (`quad < common`).
-                unsafe {
-                    let [col0, col1, col2, col3] = I::load_four(indices.add(k));
-                    fma_v(&mut even[i], values.add(k), column!(col0));
-                    fma_v(&mut odd[i], values.add(k + 1), column!(col1));
-                    fma_v(&mut even[i], values.add(k + 2), column!(col2));
-                    fma_v(&mut odd[i], values.add(k + 3), column!(col3));
-                }
+                unsafe { self.quad(&mut even[i], &mut odd[i], segments[i].0 + 4 * quad) };
             }
         }
         for i in 0..R {
@@ -691,11 +679,7 @@ impl<I: ColumnIndex + LoadFour> PanelPass<'_, '_, I> {
             // SAFETY: entries `k..k + 4`, then each single entry, are read only before `end`.
             unsafe {
                 while k + 4 <= end {
-                    let [col0, col1, col2, col3] = I::load_four(indices.add(k));
-                    fma_v(&mut even[i], values.add(k), column!(col0));
-                    fma_v(&mut odd[i], values.add(k + 1), column!(col1));
-                    fma_v(&mut even[i], values.add(k + 2), column!(col2));
-                    fma_v(&mut odd[i], values.add(k + 3), column!(col3));
+                    self.quad(&mut even[i], &mut odd[i], k);
                     k += 4;
                 }
                 // The last one to three entries, alternating from the even sum.
@@ -733,8 +717,9 @@ impl<P: Pattern> Positions<P> {
     }
 
     /// `group_col(slot + i) - group_col(slot)` for `i < 4` when `slot` is a multiple of
-    /// `min(n, 4)`, which every four-slot step is: a block starts on a multiple of its slots
-    /// (`192 / m * n`, itself a multiple of `min(n, 4)`), and steps never split.
+    /// `min(n, 4)`, which every four-slot step is: steps go by four from a row's first slot
+    /// (SpMV) or from a block's (SpMM; a block starts on a multiple of its `192 / m * n` slots,
+    /// itself a multiple of `min(n, 4)`), and never split.
     #[inline(always)]
     fn quad_offset(self, i: usize) -> usize {
         (i >> self.pattern.group_shift()) << self.pattern.bits()
@@ -868,10 +853,10 @@ unsafe fn spmv_nm_avx2<P: Pattern>(pattern: P, rows: NmRows<'_>, x: &[f32], bias
             // and the lengths passed `check_spmv_nm`.
             unsafe {
                 if run == LANE_PANELS {
-                    spmv_lanes::<LANE_PANELS>(rows, lanes, panel, x, bias, y);
+                    lanes_tile::<LANE_PANELS, 1>(rows, lanes, panel, x, 0, bias, y, 0);
                 } else if run > 0 {
                     for panel in panel..panel + run {
-                        spmv_lanes::<1>(rows, lanes, panel, x, bias, y);
+                        lanes_tile::<1, 1>(rows, lanes, panel, x, 0, bias, y, 0);
                     }
                 } else {
                     spmv_nm_rows(pattern, rows, x, bias, y, 8 * panel..8 * panel + 8);
@@ -885,65 +870,8 @@ unsafe fn spmv_nm_avx2<P: Pattern>(pattern: P, rows: NmRows<'_>, x: &[f32], bias
     unsafe { spmv_nm_rows(pattern, rows, x, bias, y, first..rows.n_rows()) };
 }
 
-/// Eight-row groups per step of [`spmv_lanes`]: eight dependency chains.
+/// Eight-row groups per SpMV step of [`lanes_tile`]: eight dependency chains.
 const LANE_PANELS: usize = 4;
-
-/// SpMV of the `8 * K` rows from `8 * panel` from their lanes: each row in a lane of two ymm
-/// registers (its even and its odd sum), each group of four activations broadcast to both
-/// halves of a register and permuted by every row's positions (`vpermilps`) into the lanes.
-/// In a full row of a 2:4 matrix slot `s` of every group is a nonzero of parity `s`; in one of
-/// 1:4 the only slot of group `g` is nonzero `g`.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA, panels `panel .. panel + K` must be ready in `lanes`
-/// (which `rows.with_lanes` checked), and the lengths must pass [`check_spmv_nm`].
-#[target_feature(enable = "avx2,fma")]
-unsafe fn spmv_lanes<const K: usize>(
-    rows: NmRows<'_>,
-    lanes: NmLanes<'_>,
-    panel: usize,
-    x: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    let (groups, n) = (rows.groups(), rows.n());
-    let first_row = 8 * panel;
-    let mut even: [__m256; K] = std::array::from_fn(|k| match bias {
-        // SAFETY: the slice is indexed (and bounds-checked) to exactly 8 floats before the load.
-        Some(bias) => unsafe { _mm256_loadu_ps(bias[first_row + 8 * k..][..8].as_ptr()) },
-        None => _mm256_setzero_ps(),
-    });
-    let mut odd = [_mm256_setzero_ps(); K];
-    let values = lanes.values[panel * groups * n * 8..][..K * groups * n * 8].as_ptr();
-    let controls = lanes.controls[panel * groups * 8..][..K * groups * 8].as_ptr();
-    let x = x.as_ptr();
-    // Every read below is within the slices just taken (`g < groups`, `k < K`), and `x` holds
-    // `4 * groups` floats (`check_spmv_nm`).
-    // SAFETY: as just said.
-    unsafe {
-        for g in 0..groups {
-            let quad = _mm256_broadcast_ps(&*x.add(4 * g).cast::<__m128>());
-            for k in 0..K {
-                let at = (k * groups + g) * 8;
-                let control = _mm256_cvtepu8_epi32(_mm_loadl_epi64(controls.add(at).cast()));
-                if n == 2 {
-                    let weights = values.add(2 * at);
-                    even[k] = _mm256_fmadd_ps(_mm256_loadu_ps(weights), _mm256_permutevar_ps(quad, control), even[k]);
-                    let control = _mm256_srli_epi32::<2>(control);
-                    odd[k] =
-                        _mm256_fmadd_ps(_mm256_loadu_ps(weights.add(8)), _mm256_permutevar_ps(quad, control), odd[k]);
-                } else {
-                    let sum = if g % 2 == 0 { &mut even[k] } else { &mut odd[k] };
-                    *sum = _mm256_fmadd_ps(_mm256_loadu_ps(values.add(at)), _mm256_permutevar_ps(quad, control), *sum);
-                }
-            }
-        }
-    }
-    for k in 0..K {
-        // SAFETY: the slice is indexed (and bounds-checked) to exactly 8 floats before the store.
-        unsafe { _mm256_storeu_ps(y[first_row + 8 * k..][..8].as_mut_ptr(), _mm256_add_ps(even[k], odd[k])) };
-    }
-}
 
 /// Tokens per step of [`spmm_lanes_avx2`]: two sums each, eight ymm accumulators.
 const LANE_TOKENS: usize = 4;
@@ -959,39 +887,44 @@ unsafe fn spmm_lanes_avx2(
     y: &mut [f32],
     stride: usize,
 ) {
-    let lanes = rows.lanes().expect("checked");
+    let lanes = rows.lanes().expect("checked by check_spmm_lanes");
     for panel in 0..rows.n_rows() / 8 {
         let mut token = 0;
         // Each call's panel is ready and its tokens are in `x`; the lengths passed
         // `check_spmm_lanes`.
         while token + LANE_TOKENS <= n_tokens {
             // SAFETY: as just said.
-            unsafe { lanes_tile::<LANE_TOKENS>(rows, lanes, panel, x, token, bias, y, stride) };
+            unsafe { lanes_tile::<1, LANE_TOKENS>(rows, lanes, panel, x, token, bias, y, stride) };
             token += LANE_TOKENS;
         }
         // SAFETY: as said above, for the last zero to three tokens.
         unsafe {
             match n_tokens - token {
-                3 => lanes_tile::<3>(rows, lanes, panel, x, token, bias, y, stride),
-                2 => lanes_tile::<2>(rows, lanes, panel, x, token, bias, y, stride),
-                1 => lanes_tile::<1>(rows, lanes, panel, x, token, bias, y, stride),
+                3 => lanes_tile::<1, 3>(rows, lanes, panel, x, token, bias, y, stride),
+                2 => lanes_tile::<1, 2>(rows, lanes, panel, x, token, bias, y, stride),
+                1 => lanes_tile::<1, 1>(rows, lanes, panel, x, token, bias, y, stride),
                 _ => {}
             }
         }
     }
 }
 
-/// Tokens `first .. first + T` of `x` times the eight rows from `8 * panel`, from their lanes, as
-/// [`spmv_lanes`] does for one token: the positions and weights of a group are loaded once for
-/// the `T` tokens.
+/// Tokens `first .. first + T` of `x` times the `8 * K` rows from `8 * panel`, from their lanes:
+/// each row in a lane of two ymm registers (its even and its odd sum), each group of four
+/// activations broadcast to both halves of a register and permuted by every row's positions
+/// (`vpermilps`) into the lanes. In a full row of a 2:4 matrix slot `s` of every group is a
+/// nonzero of parity `s`; in one of 1:4 the only slot of group `g` is nonzero `g`. A group's
+/// positions and weights are loaded once for the `T` tokens, its activations (one token) once
+/// for the `K` groups of rows. Writes `y[(first + t) * stride + r]`.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA, the panel must be ready, tokens `first .. first + T` in
-/// `x`, and the arguments must pass [`check_spmm_lanes`].
+/// The CPU must support AVX2 and FMA, panels `panel .. panel + K` must be ready in `lanes`
+/// (which `rows.with_lanes` checked), tokens `first .. first + T` in `x`, and `y` long enough
+/// (as [`check_spmm_lanes`] or [`check_spmv_nm`] checked).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn lanes_tile<const T: usize>(
+unsafe fn lanes_tile<const K: usize, const T: usize>(
     rows: NmRows<'_>,
     lanes: NmLanes<'_>,
     panel: usize,
@@ -1003,44 +936,57 @@ unsafe fn lanes_tile<const T: usize>(
 ) {
     let (groups, n, cols) = (rows.groups(), rows.n(), rows.cols());
     let first_row = 8 * panel;
-    let start = match bias {
-        // SAFETY: the slice is indexed (and bounds-checked) to exactly 8 floats before the load.
-        Some(bias) => unsafe { _mm256_loadu_ps(bias[first_row..][..8].as_ptr()) },
-        None => _mm256_setzero_ps(),
-    };
-    let mut even = [start; T];
-    let mut odd = [_mm256_setzero_ps(); T];
-    let values = lanes.values[panel * groups * n * 8..][..groups * n * 8].as_ptr();
-    let controls = lanes.controls[panel * groups * 8..][..groups * 8].as_ptr();
+    let mut even = [[_mm256_setzero_ps(); T]; K];
+    let mut odd = [[_mm256_setzero_ps(); T]; K];
+    if let Some(bias) = bias {
+        for (k, even) in even.iter_mut().enumerate() {
+            // SAFETY: the slice is indexed (and bounds-checked) to exactly 8 floats before the load.
+            *even = [unsafe { _mm256_loadu_ps(bias[first_row + 8 * k..][..8].as_ptr()) }; T];
+        }
+    }
+    let values = lanes.values[panel * groups * n * 8..][..K * groups * n * 8].as_ptr();
+    let controls = lanes.controls[panel * groups * 8..][..K * groups * 8].as_ptr();
     let x = x[first * cols..][..T * cols].as_ptr();
-    // Every read below is within the slices just taken (`g < groups`, `t < T`, `cols == 4 *
-    // groups`).
+    // Every read below is within the slices just taken (`g < groups`, `k < K`, `t < T`, `cols ==
+    // 4 * groups`).
     // SAFETY: as just said.
     unsafe {
         for g in 0..groups {
-            let control = _mm256_cvtepu8_epi32(_mm_loadl_epi64(controls.add(8 * g).cast()));
-            if n == 2 {
-                let (w0, w1) = (_mm256_loadu_ps(values.add(16 * g)), _mm256_loadu_ps(values.add(16 * g + 8)));
-                let control1 = _mm256_srli_epi32::<2>(control);
-                for t in 0..T {
-                    let quad = _mm256_broadcast_ps(&*x.add(t * cols + 4 * g).cast::<__m128>());
-                    even[t] = _mm256_fmadd_ps(w0, _mm256_permutevar_ps(quad, control), even[t]);
-                    odd[t] = _mm256_fmadd_ps(w1, _mm256_permutevar_ps(quad, control1), odd[t]);
+            // One token's activations serve every group of rows.
+            let single = _mm256_broadcast_ps(&*x.add(4 * g).cast::<__m128>());
+            for k in 0..K {
+                let at = (k * groups + g) * 8;
+                let control = _mm256_cvtepu8_epi32(_mm_loadl_epi64(controls.add(at).cast()));
+                // (A macro, not a closure: closures do not inherit `target_feature`.)
+                macro_rules! quad {
+                    ($t:expr) => {
+                        if T == 1 { single } else { _mm256_broadcast_ps(&*x.add($t * cols + 4 * g).cast::<__m128>()) }
+                    };
                 }
-            } else {
-                let w0 = _mm256_loadu_ps(values.add(8 * g));
-                for t in 0..T {
-                    let quad = _mm256_broadcast_ps(&*x.add(t * cols + 4 * g).cast::<__m128>());
-                    let sum = if g % 2 == 0 { &mut even[t] } else { &mut odd[t] };
-                    *sum = _mm256_fmadd_ps(w0, _mm256_permutevar_ps(quad, control), *sum);
+                if n == 2 {
+                    let (w0, w1) = (_mm256_loadu_ps(values.add(2 * at)), _mm256_loadu_ps(values.add(2 * at + 8)));
+                    let control1 = _mm256_srli_epi32::<2>(control);
+                    for t in 0..T {
+                        let quad = quad!(t);
+                        even[k][t] = _mm256_fmadd_ps(w0, _mm256_permutevar_ps(quad, control), even[k][t]);
+                        odd[k][t] = _mm256_fmadd_ps(w1, _mm256_permutevar_ps(quad, control1), odd[k][t]);
+                    }
+                } else {
+                    let w0 = _mm256_loadu_ps(values.add(at));
+                    for t in 0..T {
+                        let sum = if g % 2 == 0 { &mut even[k][t] } else { &mut odd[k][t] };
+                        *sum = _mm256_fmadd_ps(w0, _mm256_permutevar_ps(quad!(t), control), *sum);
+                    }
                 }
             }
         }
     }
-    for t in 0..T {
-        let out = &mut y[(first + t) * stride + first_row..][..8];
-        // SAFETY: the slice is indexed (and bounds-checked) to exactly 8 floats before the store.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(even[t], odd[t])) };
+    for k in 0..K {
+        for t in 0..T {
+            let out = &mut y[(first + t) * stride + first_row + 8 * k..][..8];
+            // SAFETY: the slice is indexed (and bounds-checked) to exactly 8 floats before the store.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(even[k][t], odd[k][t])) };
+        }
     }
 }
 
@@ -1069,9 +1015,11 @@ unsafe fn spmv_nm_rows<P: Pattern>(
         (values, Positions { packed, pattern }, rows.is_full(row))
     };
     let start = |row: usize| NmSums::start(bias.map_or(0.0, |bias| bias[offset + row]));
-    // Every slot below comes from `block_slots`, so it is in the row and its position word within
-    // the row's bytes plus padding; every position is `< m`, so every column is `< cols ==
-    // x.len()` (the `NmRows` invariants, with `check_spmv_nm`).
+    // Every slot below is `< per_row`, so it is in the row and its position word within the
+    // row's bytes plus padding; every position is `< m`, so every column is `< cols == x.len()`
+    // (the `NmRows` invariants, with `check_spmv_nm`). Steps of four start on multiples of four
+    // from the row's first slot, so they never split (see `Positions::quad_offset`); SpMV has no
+    // column blocks (the running sums carry over them).
     let first_rest = y.len() - y.len() % 4;
     let (out4, rest) = y.as_chunks_mut::<4>();
     // Four rows at a time, as in the CSR kernel: every row has the same slots, so they advance
@@ -1087,27 +1035,24 @@ unsafe fn spmv_nm_rows<P: Pattern>(
         // Four named states (not an array walked by a loop), so that they stay in registers:
         // eight dependency chains.
         let (mut sums0, mut sums1, mut sums2, mut sums3) = (start(row), start(row + 1), start(row + 2), start(row + 3));
-        for block in 0..rows.n_blocks() {
-            let (first, last) = rows.block_slots(block);
-            let mut slot = first;
-            while slot + 4 <= last {
-                // SAFETY: slots `slot..slot + 4` are in the block (see above).
-                unsafe {
-                    nm_spmv_quad(&mut sums0, full0, values0, positions0, x, slot);
-                    nm_spmv_quad(&mut sums1, full1, values1, positions1, x, slot);
-                    nm_spmv_quad(&mut sums2, full2, values2, positions2, x, slot);
-                    nm_spmv_quad(&mut sums3, full3, values3, positions3, x, slot);
-                }
-                slot += 4;
+        let mut slot = 0;
+        while slot + 4 <= per_row {
+            // SAFETY: slots `slot..slot + 4` are in the rows (see above).
+            unsafe {
+                nm_spmv_quad(&mut sums0, full0, values0, positions0, x, slot);
+                nm_spmv_quad(&mut sums1, full1, values1, positions1, x, slot);
+                nm_spmv_quad(&mut sums2, full2, values2, positions2, x, slot);
+                nm_spmv_quad(&mut sums3, full3, values3, positions3, x, slot);
             }
-            for slot in slot..last {
-                // SAFETY: `slot` is in the block (see above).
-                unsafe {
-                    nm_spmv_slot(&mut sums0, values0, positions0, x, slot);
-                    nm_spmv_slot(&mut sums1, values1, positions1, x, slot);
-                    nm_spmv_slot(&mut sums2, values2, positions2, x, slot);
-                    nm_spmv_slot(&mut sums3, values3, positions3, x, slot);
-                }
+            slot += 4;
+        }
+        for slot in slot..per_row {
+            // SAFETY: `slot` is in the rows (see above).
+            unsafe {
+                nm_spmv_slot(&mut sums0, values0, positions0, x, slot);
+                nm_spmv_slot(&mut sums1, values1, positions1, x, slot);
+                nm_spmv_slot(&mut sums2, values2, positions2, x, slot);
+                nm_spmv_slot(&mut sums3, values3, positions3, x, slot);
             }
         }
         *out = [sums0, sums1, sums2, sums3].map(NmSums::total);
@@ -1116,18 +1061,15 @@ unsafe fn spmv_nm_rows<P: Pattern>(
         let row = first_rest + i;
         let (values, positions, full) = row_data(row);
         let mut sums = start(row);
-        for block in 0..rows.n_blocks() {
-            let (first, last) = rows.block_slots(block);
-            let mut slot = first;
-            while slot + 4 <= last {
-                // SAFETY: slots `slot..slot + 4` are in the block (see above).
-                unsafe { nm_spmv_quad(&mut sums, full, values, positions, x, slot) };
-                slot += 4;
-            }
-            for slot in slot..last {
-                // SAFETY: `slot` is in the block (see above).
-                unsafe { nm_spmv_slot(&mut sums, values, positions, x, slot) };
-            }
+        let mut slot = 0;
+        while slot + 4 <= per_row {
+            // SAFETY: slots `slot..slot + 4` are in the row (see above).
+            unsafe { nm_spmv_quad(&mut sums, full, values, positions, x, slot) };
+            slot += 4;
+        }
+        for slot in slot..per_row {
+            // SAFETY: `slot` is in the row (see above).
+            unsafe { nm_spmv_slot(&mut sums, values, positions, x, slot) };
         }
         *out = sums.total();
     }
@@ -1165,8 +1107,8 @@ unsafe fn spmm_nm_avx2<P: Pattern>(
             {
                 let (even_out, odd_out) = (even_out.as_mut_ptr(), odd_out.as_mut_ptr());
                 // SAFETY: both are this row's 32 floats of their half of the tile.
-                let (mut even, mut odd) =
-                    unsafe { sums32(block, bias.map_or(0.0, |bias| bias[row]), even_out, odd_out) };
+                let (mut even, mut odd): (Sum32, Sum32) =
+                    unsafe { sums(block, bias.map_or(0.0, |bias| bias[row]), (even_out, odd_out)) };
                 let swapped = odd_before[row];
                 if swapped {
                     (even, odd) = (odd, even);
@@ -1197,9 +1139,9 @@ unsafe fn spmm_nm_avx2<P: Pattern>(
                                 let column = column(positions.group_col(slot) + positions.get(positions.word(slot), 0));
                                 let weight = values.add(slot);
                                 if phase {
-                                    fma32(&mut odd, weight, column);
+                                    fma_v(&mut odd, weight, column);
                                 } else {
-                                    fma32(&mut even, weight, column);
+                                    fma_v(&mut even, weight, column);
                                 }
                                 phase = !phase;
                             }
@@ -1215,10 +1157,10 @@ unsafe fn spmm_nm_avx2<P: Pattern>(
                         unsafe {
                             let (word, base) = (positions.step_word(slot), positions.group_col(slot));
                             let at = |i: usize| column(base + positions.quad_offset(i) + positions.get(word, i));
-                            fma32(&mut even, values.add(slot), at(0));
-                            fma32(&mut odd, values.add(slot + 1), at(1));
-                            fma32(&mut even, values.add(slot + 2), at(2));
-                            fma32(&mut odd, values.add(slot + 3), at(3));
+                            fma_v(&mut even, values.add(slot), at(0));
+                            fma_v(&mut odd, values.add(slot + 1), at(1));
+                            fma_v(&mut even, values.add(slot + 2), at(2));
+                            fma_v(&mut odd, values.add(slot + 3), at(3));
                         }
                     }};
                 }
@@ -1255,8 +1197,8 @@ unsafe fn spmm_nm_avx2<P: Pattern>(
                 if swapped {
                     (even, odd) = (odd, even);
                 }
-                // SAFETY: as for `sums32`.
-                unsafe { finish32(last_block, even, odd, even_out, odd_out) };
+                // SAFETY: as for `sums`.
+                unsafe { finish(last_block, even, odd, (even_out, odd_out)) };
             }
         }
     }
